@@ -1,0 +1,248 @@
+"""`fixed_point`: solve y* = f(y*, *args) on device and differentiate it implicitly.
+
+The forward pass is a batched solver (see `solvers`); the backward pass is chosen by ``backward`` (see `backward`).
+IFT and Neumann modes are a `jax.custom_vjp`: only (y*, args) are saved, so memory does not depend on the number
+of solver iterations. Closed-over arrays in ``f`` are hoisted into explicit arguments (`jax.closure_convert`), so
+``f`` may close over parameters and still receive gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from attractor_jax.implicit.backward import IFT, Neumann, Phantom, Unrolled
+from attractor_jax.implicit.solvers import Anderson, _Solver, _sq_norm, relative_residual
+from attractor_jax.implicit.types import Solution, SolverStats
+
+_PROBE_FIELDS = 4  # iterations, residual, converged, diverged
+
+
+class BatchLayout:
+    """Maps a pytree with shared batch axes to a flat ``[S, N]`` solver state and back.
+
+    ``batch_axis``: an int, a tuple of ints (flattened together into the sample axis, e.g. ``(0, 1)`` for per-token
+    statistics of a ``[B, T, D]`` state), or None (the whole pytree is one sample).
+    """
+
+    def __init__(self, tree: Any, batch_axis: int | Sequence[int] | None):
+        leaves, self.treedef = jax.tree_util.tree_flatten(tree)
+        if not leaves:
+            raise ValueError("fixed_point: y0 has no array leaves")
+        self.unbatched = batch_axis is None
+        axes_spec = () if batch_axis is None else (batch_axis,) if isinstance(batch_axis, int) else tuple(batch_axis)
+        self.axes, self.moved_shapes, self.dtypes = [], [], []
+        batch_shape = None
+        for leaf in leaves:
+            leaf = jnp.asarray(leaf)
+            if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+                raise ValueError(f"fixed_point: y0 leaves must be floating point, got dtype {leaf.dtype}")
+            ok = all(isinstance(a, int) and -leaf.ndim <= a < leaf.ndim for a in axes_spec)
+            axes = tuple(sorted(a % leaf.ndim for a in axes_spec)) if ok else ()
+            if not ok or len(set(axes)) != len(axes):
+                raise ValueError(
+                    f"fixed_point: batch_axis={batch_axis!r} is not valid for a y0 leaf of shape {leaf.shape}"
+                )
+            shape = tuple(leaf.shape[a] for a in axes)
+            if batch_shape is None:
+                batch_shape = shape
+            elif shape != batch_shape:
+                raise ValueError(
+                    f"fixed_point: y0 leaves disagree on the batch axes {batch_axis!r}: {batch_shape} vs {shape}"
+                )
+            rest = tuple(d for i, d in enumerate(leaf.shape) if i not in axes)
+            self.axes.append(axes)
+            self.moved_shapes.append(shape + rest)
+            self.dtypes.append(leaf.dtype)
+        self.batch_shape = batch_shape
+        self.samples = math.prod(batch_shape)
+        self.sizes = [math.prod(s[len(batch_shape):]) for s in self.moved_shapes]
+        self.dtype = jnp.result_type(*self.dtypes)
+
+    def flatten(self, tree: Any) -> jax.Array:
+        leaves = self.treedef.flatten_up_to(tree)
+        flat = []
+        for leaf, axes in zip(leaves, self.axes):
+            moved = jnp.moveaxis(leaf, axes, tuple(range(len(axes))))
+            flat.append(moved.reshape(self.samples, -1).astype(self.dtype))
+        return flat[0] if len(flat) == 1 else jnp.concatenate(flat, axis=1)
+
+    def unflatten(self, x: jax.Array) -> Any:
+        leaves, start = [], 0
+        for axes, shape, size, dtype in zip(self.axes, self.moved_shapes, self.sizes, self.dtypes):
+            part = x[:, start:start + size] if len(self.sizes) > 1 else x
+            start += size
+            moved = part.reshape(shape).astype(dtype)
+            leaves.append(jnp.moveaxis(moved, tuple(range(len(axes))), axes))
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+    def per_sample(self, a: jax.Array) -> jax.Array:
+        """Reshape an ``[S, ...]`` per-sample array to ``batch_shape + [...]``."""
+        return a.reshape(self.batch_shape + a.shape[1:])
+
+
+def adjoint_probe(batch_shape: Sequence[int] | int = ()) -> jax.Array:
+    """A zero array to pass as ``fixed_point(..., probe=p)``; its gradient carries the IFT adjoint statistics.
+
+    Gradients cannot return auxiliary data, so the backward pass writes the adjoint solver's per-sample
+    statistics into the cotangent of this dummy input. Differentiate the loss with respect to the probe too and
+    decode the result with `adjoint_stats`. ``batch_shape`` is the shape of the solve's batch axes.
+    """
+    shape = (batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape)
+    return jnp.zeros(shape + (_PROBE_FIELDS,), jnp.float32)
+
+
+def adjoint_stats(probe_grad: jax.Array) -> SolverStats:
+    """Decode the gradient of an `adjoint_probe` into per-sample adjoint :class:`SolverStats`."""
+    return SolverStats(
+        iterations=probe_grad[..., 0].astype(jnp.int32),
+        residual=probe_grad[..., 1],
+        converged=probe_grad[..., 2] > 0.5,
+        diverged=probe_grad[..., 3] > 0.5,
+    )
+
+
+def _pack_stats(stats: SolverStats) -> jax.Array:
+    return jnp.stack(
+        [
+            stats.iterations.astype(jnp.float32),
+            stats.residual.astype(jnp.float32),
+            stats.converged.astype(jnp.float32),
+            stats.diverged.astype(jnp.float32),
+        ],
+        axis=-1,
+    )
+
+
+def _neumann(vjp_y: Callable, v: jax.Array, k: int, clip: float | None) -> jax.Array:
+    u, term = v, v
+    for _ in range(k):
+        nxt = vjp_y(term)
+        if clip is not None:
+            ratio = jnp.sqrt(_sq_norm(nxt)) / jnp.maximum(jnp.sqrt(_sq_norm(term)), 1e-30)
+            nxt = nxt * jnp.minimum(1.0, clip / jnp.maximum(ratio, 1e-30))[:, None].astype(nxt.dtype)
+        term = nxt
+        u = u + term
+    return u
+
+
+def _ift(vjp_y: Callable, v: jax.Array, backward: IFT, forward: _Solver) -> tuple[jax.Array, SolverStats]:
+    """Solve u = v + J^T u (i.e. (I - J^T) u = v) per sample."""
+    if backward.solver == "gmres":
+        tol = backward.tol if backward.tol is not None else forward.tol
+        budget = backward.max_iter if backward.max_iter is not None else max(forward.max_iter, 1)
+        u, _ = jax.scipy.sparse.linalg.gmres(
+            lambda w: w - vjp_y(w), v, x0=v, tol=tol, restart=backward.restart,
+            maxiter=max(1, -(-budget // backward.restart)), solve_method="batched",
+        )
+        res = relative_residual(v + vjp_y(u), u)
+        ok = jnp.isfinite(res)
+        u = jnp.where(ok[:, None], u, v)
+        return u, SolverStats(
+            iterations=jnp.full(res.shape, -1, jnp.int32),  # GMRES does not report per-sample counts
+            residual=res,
+            converged=ok & (res <= tol),
+            diverged=~ok,
+        )
+    solver = backward.adjoint_solver(forward)
+    return solver.solve(lambda u: v + vjp_y(u), v)
+
+
+def _implicit(fn, solver: _Solver, backward, x0, params, probe, layout: BatchLayout):
+    """custom_vjp solve: forward = solver; backward = adjoint from (x*, params) only."""
+
+    @jax.custom_vjp
+    def run(x0, params, probe):
+        return solver.solve(lambda x: fn(x, params), x0)
+
+    def run_fwd(x0, params, probe):
+        x, stats = solver.solve(lambda x: fn(x, params), x0)
+        return (x, stats), (x, params)
+
+    def run_bwd(res, ct):
+        x_star, params = res
+        v = ct[0]
+        _, vjp = jax.vjp(fn, x_star, params)
+        vjp_y = lambda w: vjp(w.astype(x_star.dtype))[0]  # noqa: E731
+        if isinstance(backward, Neumann):
+            u = _neumann(vjp_y, v, backward.k, backward.clip)
+            adj = SolverStats(
+                iterations=jnp.full(v.shape[:1], backward.k, jnp.int32),
+                residual=jnp.full(v.shape[:1], jnp.nan, jnp.float32),
+                converged=jnp.zeros(v.shape[:1], bool),
+                diverged=~jnp.all(jnp.isfinite(u), axis=-1),
+            )
+        else:
+            u, adj = _ift(vjp_y, v, backward, solver)
+        params_ct = vjp(u)[1]
+        probe_ct = None if probe is None else layout.per_sample(_pack_stats(adj)).reshape(probe.shape)
+        return None, params_ct, probe_ct
+
+    run.defvjp(run_fwd, run_bwd)
+    return run(x0, params, probe)
+
+
+def fixed_point(
+    f: Callable[..., Any],
+    y0: Any,
+    *args: Any,
+    solver: _Solver | None = None,
+    backward: IFT | Neumann | Phantom | Unrolled | None = None,
+    batch_axis: int | Sequence[int] | None = 0,
+    probe: jax.Array | None = None,
+) -> Solution:
+    """Solve y* = f(y*, *args) starting from ``y0`` and return a :class:`Solution` (value + per-sample stats).
+
+    f:          ``f(y, *args) -> y_next`` with the pytree structure, shapes and dtypes of ``y``.
+    y0:         initial iterate (a pytree of float arrays sharing the batch axes). Receives no gradient except under
+                `Unrolled` (and trivially when ``max_iter == 0``, where the solution is ``y0`` itself).
+    args:       pytrees of arrays (parameters, injected context); all receive gradients.
+    solver:     `Anderson()` (default), `Picard(...)` or `Broyden(...)`.
+    backward:   `IFT()` (default), `Neumann(k, clip)`, `Phantom(k, damping)` or `Unrolled()`.
+    batch_axis: axis (or tuple of axes) indexing independent samples; None for one unbatched problem.
+    probe:      optional `adjoint_probe(batch_shape)`; its gradient carries the IFT/Neumann adjoint statistics.
+    """
+    solver = Anderson() if solver is None else solver
+    backward = IFT() if backward is None else backward
+    if not isinstance(solver, _Solver):
+        raise TypeError(f"fixed_point: solver={solver!r} must be Anderson, Picard or Broyden")
+    if not isinstance(backward, (IFT, Neumann, Phantom, Unrolled)):
+        raise TypeError(f"fixed_point: backward={backward!r} must be IFT, Neumann, Phantom or Unrolled")
+    layout = BatchLayout(y0, batch_axis)
+    if probe is not None and tuple(probe.shape) != layout.batch_shape + (_PROBE_FIELDS,):
+        raise ValueError(
+            f"fixed_point: probe has shape {tuple(probe.shape)}, expected {layout.batch_shape + (_PROBE_FIELDS,)} "
+            "(use adjoint_probe(batch_shape))"
+        )
+
+    def finish(x, stats: SolverStats) -> Solution:
+        stats = jax.tree_util.tree_map(layout.per_sample, stats)
+        return Solution(value=layout.unflatten(x), stats=stats)
+
+    x0 = layout.flatten(y0)
+    if solver.max_iter == 0:
+        s = layout.samples
+        return finish(x0, SolverStats(jnp.zeros((s,), jnp.int32), jnp.full((s,), jnp.inf, jnp.float32),
+                                      jnp.zeros((s,), bool), jnp.zeros((s,), bool)))
+
+    f_conv, consts = jax.closure_convert(f, y0, *args)
+    params = (args, tuple(consts))
+
+    def fn(x, params):
+        a, c = params
+        return layout.flatten(f_conv(layout.unflatten(x), *a, *c))
+
+    if isinstance(backward, Unrolled):
+        return finish(*solver.solve(lambda x: fn(x, params), x0, differentiable=True))
+    if isinstance(backward, Phantom):
+        x_star, stats = solver.solve(
+            lambda x: fn(x, jax.lax.stop_gradient(params)), jax.lax.stop_gradient(x0)
+        )
+        x = jax.lax.stop_gradient(x_star)
+        for _ in range(backward.k):
+            x = x + backward.damping * (fn(x, params) - x)
+        return finish(x, stats)
+    return finish(*_implicit(fn, solver, backward, jax.lax.stop_gradient(x0), params, probe, layout))
