@@ -180,6 +180,8 @@ class _AndersonMemory:
     xs: jax.Array  # [S, m, N] past points, ring buffer
     gs: jax.Array  # [S, m, N] past residual vectors g = f(x) - x
     gram: jax.Array  # [S, m, m] float32, G G^T maintained one row/column per step
+    count: jax.Array  # [S] int32, history entries in use (cleared on restart)
+    prev: jax.Array  # [S] float32, previous relative residual
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,9 +193,13 @@ class Anderson(_Solver):
         min_a ||sum_i a_i g_i||^2 + lam ||a||^2   s.t.  sum_i a_i = 1,
 
     via the bordered system [[0, 1^T], [1, G G^T + lam I]] [nu; a] = [1; 0], with lam = ridge * mean_i ||g_i||^2
-    (scale-free), and step to x = sum_i a_i x_i + beta sum_i a_i g_i. The Gram matrix is updated by one row per
+    (scale-free; the system is solved after normalising G G^T to unit mean diagonal), and step to x = sum_i a_i x_i + beta sum_i a_i g_i. The Gram matrix is updated by one row per
     step (O(mN) instead of O(m^2 N)). Non-finite coefficients fall back to a damped plain step from the newest
     iterate. The first step (one history entry) is a plain step, so max_iter=1 returns f(x0).
+
+    ``restart=True`` (safeguard): when a sample's residual rises, its history is cleared down to the newest
+    entry, so the next step is a plain step. Plain Anderson can stagnate on saturated nonlinear maps where Picard
+    still converges; the restart keeps it at least as fast as Picard there and changes nothing while residuals fall.
     """
 
     m: int = 5
@@ -202,6 +208,7 @@ class Anderson(_Solver):
     tol: float = 1e-4
     max_iter: int = 30
     min_iter: int = 0
+    restart: bool = True
     divergence: float = 1e4
     keep_best: bool = True
 
@@ -220,6 +227,8 @@ class Anderson(_Solver):
             xs=jnp.zeros((s, self.m, n), x0.dtype),
             gs=jnp.zeros((s, self.m, n), x0.dtype),
             gram=jnp.zeros((s, self.m, self.m), _acc(x0.dtype)),
+            count=jnp.zeros((s,), jnp.int32),
+            prev=jnp.full((s,), jnp.inf, jnp.float32),
         )
 
     def propose(self, mem, k, x, fx):
@@ -233,14 +242,22 @@ class Anderson(_Solver):
         gram = lax.dynamic_update_index_in_dim(mem.gram, row, slot, axis=1)
         gram = lax.dynamic_update_index_in_dim(gram, row, slot, axis=2)
 
-        valid = jnp.arange(m) < jnp.minimum(k + 1, m)  # [m] filled slots
-        vf = valid.astype(acc)
+        res = relative_residual(fx, x)
+        count = mem.count + 1
+        if self.restart:
+            count = jnp.where(res > mem.prev, 1, count)
+        count = jnp.minimum(count, m)
+        age = (slot - jnp.arange(m)) % m  # [m] 0 for the newest entry
+        vf = (age[None, :] < count[:, None]).astype(acc)  # [S, m] slots in use
         eye = jnp.eye(m, dtype=acc)
         diag = jnp.diagonal(gram, axis1=1, axis2=2)  # [S, m]
-        lam = self.ridge * jnp.sum(diag * vf, axis=-1) / jnp.sum(vf)  # [S]
-        a_mat = gram * (vf[:, None] * vf[None, :]) + eye * (lam[:, None] * vf + (1.0 - vf))[:, None, :]
-        a_mat = a_mat + _EPS * eye  # keeps an all-zero-residual history solvable
-        border = jnp.broadcast_to(vf, (x.shape[0], m))
+        # Normalise G G^T to unit mean diagonal: the weights are invariant to this scaling, and it keeps the
+        # bordered system well conditioned in float32 when the residuals are tiny. The ridge is then relative.
+        scale = jnp.sum(diag * vf, axis=-1) / jnp.sum(vf, axis=-1)  # [S]
+        scale = jnp.where(scale > 0, scale, 1.0)
+        a_mat = gram / scale[:, None, None] * (vf[:, :, None] * vf[:, None, :])
+        a_mat = a_mat + eye * ((self.ridge + _EPS) * vf + (1.0 - vf))[:, None, :]
+        border = vf
         top = jnp.concatenate([jnp.zeros((x.shape[0], 1), acc), border], axis=1)[:, None, :]
         bottom = jnp.concatenate([border[:, :, None], a_mat], axis=2)
         h = jnp.concatenate([top, bottom], axis=1)  # [S, m+1, m+1]
@@ -254,7 +271,7 @@ class Anderson(_Solver):
         x_mix = jnp.einsum("sm,smn->sn", a, xs, preferred_element_type=acc)
         g_mix = jnp.einsum("sm,smn->sn", a, gs, preferred_element_type=acc)
         x_next = x_mix + self.beta * g_mix
-        return x_next.astype(x.dtype), _AndersonMemory(xs, gs, gram)
+        return x_next.astype(x.dtype), _AndersonMemory(xs, gs, gram, count, res)
 
 
 @jax.tree_util.register_dataclass
