@@ -14,7 +14,7 @@ and batch axes into this layout) and iterates y <- f(y) towards y* = f(y*). The 
 * stops when every sample is frozen (and ``min_iter`` evaluations were made) or after ``max_iter`` evaluations.
 
 Solvers are frozen dataclasses (hashable, static under ``jit``); each defines ``init`` and ``propose`` around the
-driver: ``propose(state, x, fx)`` returns the next point to evaluate and the updated solver memory.
+driver: ``propose(mem, k, x, fx, res)`` returns the next point to evaluate and the updated solver memory.
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ class _Solver:
     def init(self, x0: jax.Array) -> Any:
         raise NotImplementedError
 
-    def propose(self, mem: Any, k: jax.Array, x: jax.Array, fx: jax.Array) -> tuple[jax.Array, Any]:
+    def propose(
+        self, mem: Any, k: jax.Array, x: jax.Array, fx: jax.Array, res: jax.Array
+    ) -> tuple[jax.Array, Any]:
         raise NotImplementedError
 
     def replace(self, **changes) -> "_Solver":
@@ -145,7 +147,7 @@ class _Solver:
         converged = c.converged | (active & finite & (res <= self.tol) & (iters >= self.min_iter))
         diverged = c.diverged | bad
         still = ~(converged | diverged)
-        x_next, mem = self.propose(c.mem, c.k, c.x, jnp.where(finite[:, None], fx, c.x))
+        x_next, mem = self.propose(c.mem, c.k, c.x, jnp.where(finite[:, None], fx, c.x), res)
         # Frozen samples are re-evaluated at their best candidate (finite, and their returned value).
         x_next = jnp.where(still[:, None], x_next.astype(c.x.dtype), best)
         return _Carry(k, x_next, mem, best, best_res, last_res, iters, converged, diverged)
@@ -170,7 +172,7 @@ class Picard(_Solver):
     def init(self, x0):
         return ()
 
-    def propose(self, mem, k, x, fx):
+    def propose(self, mem, k, x, fx, res):
         return x + self.damping * (fx - x), mem
 
 
@@ -184,6 +186,31 @@ class _AndersonMemory:
     prev: jax.Array  # [S] float32, previous relative residual
 
 
+def _spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Solve a z = b for a batch of small symmetric positive-definite ``[S, m, m]`` systems.
+
+    An unrolled Cholesky factorisation on ``[S]``-vectors: for the m <= ~16 of an Anderson history this fuses
+    into a few elementwise kernels, far cheaper than a batched LAPACK/cuSOLVER call inside every solver step.
+    A non-positive pivot yields NaN, which the caller treats as a failed solve.
+    """
+    m = a.shape[-1]
+    low = [[None] * m for _ in range(m)]
+    for j in range(m):
+        d = a[:, j, j] - sum((low[j][p] ** 2 for p in range(j)), jnp.zeros_like(a[:, 0, 0]))
+        d = jnp.sqrt(jnp.where(d > 0, d, jnp.nan))
+        low[j][j] = d
+        for i in range(j + 1, m):
+            off = a[:, i, j] - sum((low[i][p] * low[j][p] for p in range(j)), jnp.zeros_like(d))
+            low[i][j] = off / d
+    y = []
+    for i in range(m):
+        y.append((b[:, i] - sum((low[i][p] * y[p] for p in range(i)), jnp.zeros_like(b[:, 0]))) / low[i][i])
+    z = [None] * m
+    for i in reversed(range(m)):
+        z[i] = (y[i] - sum((low[p][i] * z[p] for p in range(i + 1, m)), jnp.zeros_like(y[i]))) / low[i][i]
+    return jnp.stack(z, axis=-1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Anderson(_Solver):
     """Type-II Anderson acceleration with a fixed-size ring-buffer history.
@@ -192,8 +219,8 @@ class Anderson(_Solver):
 
         min_a ||sum_i a_i g_i||^2 + lam ||a||^2   s.t.  sum_i a_i = 1,
 
-    via the bordered system [[0, 1^T], [1, G G^T + lam I]] [nu; a] = [1; 0], with lam = ridge * mean_i ||g_i||^2
-    (scale-free; the system is solved after normalising G G^T to unit mean diagonal), and step to x = sum_i a_i x_i + beta sum_i a_i g_i. The Gram matrix is updated by one row per
+    as a = A^-1 1 / (1^T A^-1 1) with A = G G^T + lam I and lam = ridge * mean_i ||g_i||^2 (scale-free; A is
+    normalised to unit mean diagonal and factorised by an unrolled Cholesky), and step to x = sum_i a_i x_i + beta sum_i a_i g_i. The Gram matrix is updated by one row per
     step (O(mN) instead of O(m^2 N)). Non-finite coefficients fall back to a damped plain step from the newest
     iterate. The first step (one history entry) is a plain step, so max_iter=1 returns f(x0).
 
@@ -231,7 +258,7 @@ class Anderson(_Solver):
             prev=jnp.full((s,), jnp.inf, jnp.float32),
         )
 
-    def propose(self, mem, k, x, fx):
+    def propose(self, mem, k, x, fx, res):
         m = self.m
         slot = k % m
         g = fx - x
@@ -242,7 +269,6 @@ class Anderson(_Solver):
         gram = lax.dynamic_update_index_in_dim(mem.gram, row, slot, axis=1)
         gram = lax.dynamic_update_index_in_dim(gram, row, slot, axis=2)
 
-        res = relative_residual(fx, x)
         count = mem.count + 1
         if self.restart:
             count = jnp.where(res > mem.prev, 1, count)
@@ -252,25 +278,21 @@ class Anderson(_Solver):
         eye = jnp.eye(m, dtype=acc)
         diag = jnp.diagonal(gram, axis1=1, axis2=2)  # [S, m]
         # Normalise G G^T to unit mean diagonal: the weights are invariant to this scaling, and it keeps the
-        # bordered system well conditioned in float32 when the residuals are tiny. The ridge is then relative.
+        # system well conditioned in float32 when the residuals are tiny. The ridge is then relative.
         scale = jnp.sum(diag * vf, axis=-1) / jnp.sum(vf, axis=-1)  # [S]
         scale = jnp.where(scale > 0, scale, 1.0)
         a_mat = gram / scale[:, None, None] * (vf[:, :, None] * vf[:, None, :])
         a_mat = a_mat + eye * ((self.ridge + _EPS) * vf + (1.0 - vf))[:, None, :]
-        border = vf
-        top = jnp.concatenate([jnp.zeros((x.shape[0], 1), acc), border], axis=1)[:, None, :]
-        bottom = jnp.concatenate([border[:, :, None], a_mat], axis=2)
-        h = jnp.concatenate([top, bottom], axis=1)  # [S, m+1, m+1]
-        rhs = jnp.zeros((x.shape[0], m + 1), acc).at[:, 0].set(1.0)
-        alpha = jnp.linalg.solve(h, rhs[..., None])[..., 1:, 0]  # [S, m]
+        # Constrained least squares: a = A^-1 1 / (1^T A^-1 1) over the slots in use (unused slots get 0).
+        z = _spd_solve(a_mat, vf)
+        alpha = z / jnp.sum(z, axis=-1, keepdims=True)
         ok = jnp.all(jnp.isfinite(alpha), axis=-1, keepdims=True)
         newest = jax.nn.one_hot(slot, m, dtype=acc)
         alpha = jnp.where(ok, alpha, newest[None, :])
 
         a = alpha.astype(x.dtype)
-        x_mix = jnp.einsum("sm,smn->sn", a, xs, preferred_element_type=acc)
-        g_mix = jnp.einsum("sm,smn->sn", a, gs, preferred_element_type=acc)
-        x_next = x_mix + self.beta * g_mix
+        x_next = jnp.einsum("sm,smn->sn", a, xs, preferred_element_type=acc) + self.beta * jnp.einsum(
+            "sm,smn->sn", a, gs, preferred_element_type=acc)
         return x_next.astype(x.dtype), _AndersonMemory(xs, gs, gram, count, res)
 
 
@@ -319,7 +341,7 @@ class Broyden(_Solver):
         coef = jnp.einsum("smn,sn->sm", us, z, preferred_element_type=z.dtype)
         return -z + jnp.einsum("sm,smn->sn", coef, vs, preferred_element_type=z.dtype)
 
-    def propose(self, mem, k, x, fx):
+    def propose(self, mem, k, x, fx, res):
         acc = _acc(x.dtype)
         g = (fx - x).astype(acc)
         dx = (x - mem.x_prev).astype(acc)
