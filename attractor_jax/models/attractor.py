@@ -1,0 +1,192 @@
+"""Attractor LM: tied embedding → backbone → c → solve the attractor head's fixed point → RMSNorm → tied
+logits.
+
+With H the stack of ``n_fp_blocks`` gated pre-norm blocks (weight-tied across solver iterations) and
+H(h) = h + Δ(h), the fixed-point map is
+
+    f(y, c) = H(y + c) − y = c + Δ(y + c),        y₀ = stop_gradient(c),        y* = f(y*, c),
+
+solved by ``attractor_jax.fixed_point`` with ``batch_axis=(0, 1)``: every token is its own sample, so Anderson
+coefficients, convergence tests and freezing are per (b, t). Because the head is causal and a token's update
+only reads its own history, the solve is exactly causal at any tolerance. Gradients reach c (hence backbone
+and embedding) and the head parameters through the configured backward mode.
+
+``max_iter=0`` decodes c directly (the identity, so c keeps its gradient); ``max_iter`` 1 or 2 takes that many plain steps y ← f(y, c) (no early exit,
+differentiated through the steps); larger values use the configured solver with early exit at ``tol``.
+
+Parameter paths: ``embed``, ``backbone[i]``, ``head.blocks[i]`` (with ``gate_attn``/``gate_mlp``),
+``final_norm``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from attractor_jax import implicit
+from attractor_jax.models.common import embed_tokens, make_embed, tied_logits
+from attractor_jax.models.config import AttractorConfig, BackwardConfig, SolverConfig
+from attractor_jax.nn import Block, RMSNorm
+
+
+def make_solver(sc: SolverConfig, max_iter: int | None = None, tol: float | None = None):
+    """The configured forward solver with optional max_iter/tol overrides (min_iter capped at max_iter)."""
+    mi = sc.max_iter if max_iter is None else int(max_iter)
+    t = sc.tol if tol is None else float(tol)
+    common = dict(tol=t, max_iter=mi, min_iter=min(sc.min_iter, mi))
+    if sc.kind == "anderson":
+        return implicit.Anderson(m=sc.m, beta=sc.beta, ridge=sc.ridge, **common)
+    if sc.kind == "picard":
+        return implicit.Picard(damping=sc.damping, **common)
+    return implicit.Broyden(memory=sc.memory, **common)
+
+
+def make_backward(bc: BackwardConfig, sc: SolverConfig):
+    """The configured backward mode. An Anderson IFT adjoint inherits the forward window, mixing and ridge."""
+    if bc.kind == "neumann":
+        return implicit.Neumann(k=bc.k, clip=bc.clip)
+    if bc.kind == "phantom":
+        return implicit.Phantom(k=bc.k, damping=bc.damping)
+    if bc.kind == "unrolled":
+        return implicit.Unrolled()
+    solver = bc.solver
+    if solver == "anderson":
+        solver = implicit.Anderson(m=sc.m, beta=sc.beta, ridge=sc.ridge)
+    return implicit.IFT(solver=solver, tol=bc.tol, max_iter=bc.max_iter)
+
+
+class AttractorHead(nnx.Module):
+    """H(h): ``n_fp_blocks`` pre-norm blocks with LayerScale gates. Output projections start as truncated
+    normals (std sqrt(2/(5d)), ±3σ) instead of scaled-zero's zeros, so that f is not the constant c at
+    initialisation."""
+
+    def __init__(self, config: AttractorConfig, *, rngs: nnx.Rngs):
+        bc = config.block_config(out_init="trunc_normal")
+        self.blocks = nnx.List(
+            [
+                Block(bc, layer_scale_init=config.layer_scale_init, gamma_max=config.gamma_max, rngs=rngs)
+                for _ in range(config.n_fp_blocks)
+            ]
+        )
+
+    def __call__(self, h_BTD: jax.Array, positions_BT: jax.Array | None = None) -> jax.Array:
+        for blk in self.blocks:
+            h_BTD = blk(h_BTD, positions_BT=positions_BT)
+        return h_BTD
+
+
+def _head_map(graphdef, y, c, head_state, positions):
+    """f(y, c) = H(y + c) − y with the head rebuilt from its (traced) state."""
+    head = nnx.merge(graphdef, head_state)
+    return head(y + c, positions) - y
+
+
+class AttractorLM(nnx.Module):
+    def __init__(self, config: AttractorConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        bc = config.block_config()
+        self.embed = make_embed(config, rngs)
+        self.backbone = nnx.List([Block(bc, rngs=rngs) for _ in range(config.n_backbone_layers)])
+        self.head = AttractorHead(config, rngs=rngs)
+        self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps)
+
+    def encode(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None) -> jax.Array:
+        """The backbone's proposal c = backbone(E(x)), float32 ``[B, T, d]``."""
+        x = embed_tokens(self.config, self.embed, tokens_BT)
+        for blk in self.backbone:
+            x = blk(x, positions_BT=positions_BT)
+        return x
+
+    def decode(self, y_BTD: jax.Array) -> jax.Array:
+        """Tied logits of an embedding-space state (y* or c)."""
+        return tied_logits(self.config, self.embed, self.final_norm(y_BTD))
+
+    def solve(
+        self,
+        c_BTD: jax.Array,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        positions_BT: jax.Array | None = None,
+    ) -> implicit.Solution:
+        """Find y* = f(y*, c). Statistics are per token, ``[B, T]``."""
+        cfg = self.config
+        mi = cfg.solver.max_iter if max_iter is None else int(max_iter)
+        if mi < 0:
+            raise ValueError(f"AttractorLM: max_iter={max_iter!r} must be >= 0")
+        if 0 < mi <= 2:
+            solver = implicit.Picard(tol=0.0, max_iter=mi, min_iter=mi, keep_best=False)
+            backward = implicit.Unrolled()
+        else:
+            solver = make_solver(cfg.solver, mi, tol)
+            backward = make_backward(cfg.backward, cfg.solver)
+        graphdef, head_state = nnx.split(self.head)
+        pos = None if positions_BT is None else positions_BT.astype(jnp.float32)
+
+        def f(y, c, state, pos):
+            return _head_map(graphdef, y, c, state, pos)
+
+        # As in the reference, the iteration starts from a detached c; with max_iter=0 the solution *is* y0, the
+        # identity of c, which must keep its gradient.
+        y0 = c_BTD if mi == 0 else jax.lax.stop_gradient(c_BTD)
+        return implicit.fixed_point(
+            f,
+            y0,
+            c_BTD,
+            head_state,
+            pos,
+            solver=solver,
+            backward=backward,
+            batch_axis=(0, 1),
+        )
+
+    def gates(self) -> dict[str, jax.Array]:
+        """Effective LayerScale gates per head block: mean and max over channels, float32
+        ``[n_fp_blocks]``."""
+        gs = [blk.gates() for blk in self.head.blocks]
+        if gs[0] is None:
+            return {}
+        attn = jnp.stack([g[0] for g in gs])
+        mlp = jnp.stack([g[1] for g in gs])
+        return {
+            "gate_attn_mean": attn.mean(-1),
+            "gate_attn_max": attn.max(-1),
+            "gate_mlp_mean": mlp.mean(-1),
+            "gate_mlp_max": mlp.max(-1),
+        }
+
+    def __call__(
+        self,
+        tokens_BT: jax.Array,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        *,
+        positions_BT: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict]:
+        """Returns ``(logits [B, T, V] float32, aux)``.
+
+        aux: ``iterations`` (int32 [B, T], f-evaluations per token), ``residual`` (float32 [B, T],
+        ||f(y)−y||/||y||), ``converged``/``diverged`` (bool [B, T]), ``head_contribution`` (float32 [B],
+        ||y*−c||/||c|| per sequence), ``state_norm``/``context_norm`` (mean token norms of y* and c), and the
+        head's gate statistics ``gate_{attn,mlp}_{mean,max}`` ([n_fp_blocks]).
+        """
+        if max_iter is not None and int(max_iter) < 0:
+            raise ValueError(f"AttractorLM: max_iter={max_iter!r} must be >= 0")
+        c = self.encode(tokens_BT, positions_BT)
+        sol = self.solve(c, max_iter=max_iter, tol=tol, positions_BT=positions_BT)
+        y = sol.value
+        logits = self.decode(y)
+        st = sol.stats
+        diff = jnp.sqrt(jnp.sum(jnp.square(y - c), axis=(1, 2)))
+        cn = jnp.sqrt(jnp.sum(jnp.square(c), axis=(1, 2)))
+        aux = {
+            "iterations": st.iterations,
+            "residual": st.residual,
+            "converged": st.converged,
+            "diverged": st.diverged,
+            "head_contribution": diff / jnp.maximum(cn, 1e-12),
+            "state_norm": jnp.mean(jnp.linalg.norm(y, axis=-1)),
+            "context_norm": jnp.mean(jnp.linalg.norm(c, axis=-1)),
+            **self.gates(),
+        }
+        return logits, aux

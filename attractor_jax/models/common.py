@@ -1,0 +1,61 @@
+"""Pieces shared by the language models: embedding, value-embedding tables, tied logits."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from attractor_jax.models.config import LMConfig
+from attractor_jax.nn import Embed, matrix_init, normal_init
+
+
+def has_ve(layer_idx: int, n_layers: int) -> bool:
+    """Reference ``has_ve``: value embeddings on alternating layers, the last layer always included."""
+    return layer_idx % 2 == (n_layers - 1) % 2
+
+
+def make_embed(cfg: LMConfig, rngs: nnx.Rngs) -> Embed:
+    """Tied token embedding ``[vocab, d]`` with the scaled-zero std (orthogonal when ``init_orthogonal``)."""
+    return Embed(
+        cfg.vocab_size,
+        cfg.d_model,
+        embedding_init=matrix_init(cfg.std, cfg.init_orthogonal),
+        dtype=jnp.dtype(cfg.dtype),
+        rngs=rngs,
+    )
+
+
+def make_value_embeds(cfg: LMConfig, n_layers: int, rngs: nnx.Rngs) -> nnx.Dict:
+    """One ``[vocab, K·H]`` table per value-embedding layer, N(0, 1) (PyTorch's default embedding init),
+    keyed by the layer index as a string."""
+    bc = cfg.block_config()
+    width = bc.num_kv_heads * bc.dim_head
+    return nnx.Dict(
+        {
+            str(i): Embed(
+                cfg.vocab_size, width, embedding_init=normal_init(1.0), axes=("vocab", "kv"), rngs=rngs
+            )
+            for i in range(n_layers)
+            if has_ve(i, n_layers)
+        }
+    )
+
+
+def lookup_value_embeds(tables: nnx.Dict, tokens_BT: jax.Array, n_layers: int) -> list[jax.Array | None]:
+    return [tables[str(i)](tokens_BT) if str(i) in tables else None for i in range(n_layers)]
+
+
+def tied_logits(cfg: LMConfig, embed: Embed, h_BTD: jax.Array) -> jax.Array:
+    """``logit_scale · (h @ Eᵀ)`` in float32, with an optional tanh soft-cap."""
+    logits = embed.attend(h_BTD)
+    if cfg.logit_scale != 1.0:
+        logits = logits * cfg.logit_scale
+    if cfg.logit_softcap is not None:
+        logits = cfg.logit_softcap * jnp.tanh(logits / cfg.logit_softcap)
+    return logits
+
+
+def embed_tokens(cfg: LMConfig, embed: Embed, tokens_BT: jax.Array) -> jax.Array:
+    x = embed(tokens_BT)
+    return x * cfg.embed_scale if cfg.embed_scale != 1.0 else x

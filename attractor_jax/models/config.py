@@ -1,0 +1,296 @@
+"""Model configurations: frozen dataclasses with defaults, (de)serialisable to plain dicts.
+
+``GPTConfig``, ``ParcaeConfig`` and ``AttractorConfig`` share the transformer fields of ``LMConfig``; the
+attractor adds its head and solver settings (``SolverConfig``, ``BackwardConfig``). Field names are the CLI's
+override keys (``d_model=256``, ``solver.tol=1e-4``). ``config_to_dict``/``config_from_dict`` round-trip a
+config (with its architecture name) through JSON for checkpoints and results files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+from attractor_jax.nn.config import ATTENTION_IMPLS, DTYPES, MLP_TYPES, BlockConfig
+
+SOLVER_KINDS = ("anderson", "picard", "broyden")
+BACKWARD_KINDS = ("neumann", "ift", "phantom", "unrolled")
+IFT_SOLVERS = ("anderson", "picard", "broyden", "gmres")
+
+
+def _check_choice(owner: str, field: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{owner}.{field}={value!r} is not valid; expected one of {choices}")
+
+
+def _check_positive(owner: str, **values: Any) -> None:
+    for k, v in values.items():
+        if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+            raise ValueError(f"{owner}.{k}={v!r} must be a positive int")
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverConfig:
+    """Forward solver of the attractor head (see ``attractor_jax.implicit``).
+
+    ``beta``/``m``/``ridge`` are Anderson's mixing, window and relative ridge; ``damping`` is Picard's;
+    ``memory`` is Broyden's rank.
+    """
+
+    kind: str = "anderson"
+    max_iter: int = 64
+    min_iter: int = 6
+    tol: float = 3e-4
+    m: int = 5
+    beta: float = 1.0
+    ridge: float = 1e-4
+    damping: float = 1.0
+    memory: int = 20
+
+    def __post_init__(self):
+        _check_choice("solver", "kind", self.kind, SOLVER_KINDS)
+        if not (isinstance(self.max_iter, int) and self.max_iter >= 0):
+            raise ValueError(f"solver.max_iter={self.max_iter!r} must be an int >= 0")
+        if not (isinstance(self.min_iter, int) and self.min_iter >= 0):
+            raise ValueError(f"solver.min_iter={self.min_iter!r} must be an int >= 0")
+        if not self.tol >= 0:
+            raise ValueError(f"solver.tol={self.tol!r} must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class BackwardConfig:
+    """Backward mode of the attractor head.
+
+    ``neumann``: u = v + Jᵀv + … + (Jᵀ)ᵏv (k=1 is the reference's "onestep", k=0 the paper's u = v), with a
+    per-sample ``clip``. ``ift``: solve (I − Jᵀ)u = v with ``solver`` (Anderson inherits the forward m/β),
+    ``tol`` and ``max_iter`` (None: the forward's). ``phantom``: backprop through ``k`` damped steps from y*.
+    ``unrolled``: through the whole solve. ``min_iter`` records the reference's backward min_iter; the adjoint
+    solve of ``attractor_jax.implicit`` has none (it stops at ``tol``).
+    """
+
+    kind: str = "neumann"
+    k: int = 1
+    clip: float | None = None
+    solver: str = "anderson"
+    tol: float | None = None
+    max_iter: int | None = None
+    min_iter: int = 0
+    damping: float = 1.0
+
+    def __post_init__(self):
+        _check_choice("backward", "kind", self.kind, BACKWARD_KINDS)
+        _check_choice("backward", "solver", self.solver, IFT_SOLVERS)
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+    """Transformer fields shared by all language models (defaults: the reference's LM settings).
+
+    vocab_size is the padded vocabulary; ``dtype`` is the compute dtype (parameters and the residual stream
+    stay float32); ``init`` is the reference's ``scaled-zero`` strategy (std sqrt(2/(5d)), zero output
+    projections).
+    """
+
+    arch: ClassVar[str] = "lm"
+
+    name: str = ""
+    vocab_size: int = 32768
+    d_model: int = 1024
+    n_heads: int = 8
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    mlp_dim: int = 4096
+    mlp_type: str = "relu2"
+    norm_eps: float = 1e-5
+    rope_base: float = 50_000.0
+    qk_norm: bool = True
+    causal: bool = True
+    max_seq_len: int = 2048
+    init: str = "scaled-zero"
+    init_orthogonal: bool = True
+    embed_scale: float = 1.0
+    logit_scale: float = 1.0
+    logit_softcap: float | None = None
+    dtype: str = "float32"
+    attention_impl: str | None = None
+
+    def __post_init__(self):
+        _check_positive(
+            type(self).__name__,
+            vocab_size=self.vocab_size,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            mlp_dim=self.mlp_dim,
+            max_seq_len=self.max_seq_len,
+        )
+        _check_choice(self.arch, "mlp_type", self.mlp_type, MLP_TYPES)
+        _check_choice(self.arch, "dtype", self.dtype, DTYPES)
+        _check_choice(self.arch, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        _check_choice(self.arch, "init", self.init, ("scaled-zero",))
+        self.block_config()  # validates heads / head_dim
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(2.0 / (5.0 * self.d_model))
+
+    def block_config(self, **changes: Any) -> BlockConfig:
+        bc = BlockConfig(
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads,
+            head_dim=self.head_dim,
+            mlp_dim=self.mlp_dim,
+            mlp_type=self.mlp_type,
+            norm_eps=self.norm_eps,
+            rope_base=self.rope_base,
+            qk_norm=self.qk_norm,
+            causal=self.causal,
+            dtype=self.dtype,
+            attention_impl=self.attention_impl,
+            init_std=self.std,
+            init_orthogonal=self.init_orthogonal,
+            out_init="zero",
+        )
+        return dataclasses.replace(bc, **changes) if changes else bc
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig(LMConfig):
+    """Standard pre-norm transformer; ``value_embeds`` adds the reference's per-layer value embeddings on
+    alternating layers (the last included), mixed into v through a 2σ gate."""
+
+    arch: ClassVar[str] = "gpt"
+
+    n_layers: int = 6
+    value_embeds: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_positive("GPTConfig", n_layers=self.n_layers)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParcaeConfig(LMConfig):
+    """Parcae looped LM: prelude → (diagonal ZOH injection + recurrent core) × r → C → coda.
+
+    Training depth per sequence: total ~ max(Poisson(mean_recurrence), 1), the last min(total,
+    mean_backprop_depth) steps with gradient ("poisson-truncated-full"); ``"fixed"`` always takes
+    mean_recurrence − mean_backprop_depth steps without and mean_backprop_depth with gradient. Evaluation
+    runs a fixed mean_recurrence steps. ``state_init``: ``like-init`` (truncated normal with the embedding
+    std) or ``zero``.
+    """
+
+    arch: ClassVar[str] = "parcae"
+
+    n_prelude: int = 2
+    n_core: int = 2
+    n_coda: int = 2
+    mean_recurrence: int = 8
+    mean_backprop_depth: int = 4
+    sampling: str = "poisson-truncated-full"
+    state_init: str = "like-init"
+    prelude_norm: bool = True
+    value_embeds: bool = True
+    ssm_decay: float = math.sqrt(1.0 / 5.0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_positive(
+            "ParcaeConfig",
+            n_core=self.n_core,
+            mean_recurrence=self.mean_recurrence,
+            mean_backprop_depth=self.mean_backprop_depth,
+        )
+        for k in ("n_prelude", "n_coda"):
+            v = getattr(self, k)
+            if not (isinstance(v, int) and v >= 0):
+                raise ValueError(f"ParcaeConfig.{k}={v!r} must be an int >= 0")
+        _check_choice("parcae", "sampling", self.sampling, ("poisson-truncated-full", "fixed"))
+        _check_choice("parcae", "state_init", self.state_init, ("like-init", "zero"))
+        if not 0.0 < self.ssm_decay < 1.0:
+            raise ValueError(f"parcae.ssm_decay={self.ssm_decay!r} must be in (0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttractorConfig(LMConfig):
+    """Attractor LM: backbone → c → solve y* = c + Δ(y* + c) with the gated weight-tied head → final norm →
+    tied unembedding. ``fp_lr_scale``/``fp_wd`` are the head's optimizer settings (read by the trainer)."""
+
+    arch: ClassVar[str] = "attractor"
+
+    n_backbone_layers: int = 7
+    n_fp_blocks: int = 1
+    layer_scale_init: float | None = 0.75
+    gamma_max: float = 0.75
+    solver: SolverConfig = SolverConfig()
+    backward: BackwardConfig = BackwardConfig()
+    fp_lr_scale: float = 0.5
+    fp_wd: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_positive("AttractorConfig", n_fp_blocks=self.n_fp_blocks)
+        if not (isinstance(self.n_backbone_layers, int) and self.n_backbone_layers >= 0):
+            raise ValueError(
+                f"AttractorConfig.n_backbone_layers={self.n_backbone_layers!r} must be an int >= 0"
+            )
+        if not self.gamma_max > 0:
+            raise ValueError(f"attractor.gamma_max={self.gamma_max!r} must be > 0")
+
+
+CONFIG_CLASSES: dict[str, type[LMConfig]] = {c.arch: c for c in (GPTConfig, ParcaeConfig, AttractorConfig)}
+_NESTED = {"solver": SolverConfig, "backward": BackwardConfig}
+
+
+def config_to_dict(cfg: LMConfig) -> dict[str, Any]:
+    """A JSON-ready dict of ``cfg`` (nested configs as dicts) with its architecture under ``"arch"``."""
+    return {"arch": cfg.arch, **dataclasses.asdict(cfg)}
+
+
+def config_from_dict(d: dict[str, Any]) -> LMConfig:
+    """Inverse of ``config_to_dict``; unknown architectures or fields raise ValueError."""
+    d = dict(d)
+    arch = d.pop("arch", None)
+    if arch not in CONFIG_CLASSES:
+        raise ValueError(f"config arch={arch!r} is not known; expected one of {sorted(CONFIG_CLASSES)}")
+    return apply_overrides(CONFIG_CLASSES[arch](), d)
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def apply_overrides(cfg: LMConfig, overrides: dict[str, Any]) -> LMConfig:
+    """Return ``cfg`` with fields replaced. Keys are plain (``d_model``) or dotted (``solver.tol``); a nested
+    config may also be given whole as a dict or instance (``solver={"tol": 1e-4}``). Unknown fields raise
+    ValueError."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    valid = _field_names(type(cfg))
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if head not in valid:
+            raise ValueError(
+                f"unknown config field {key!r} for {type(cfg).__name__}; valid fields: {', '.join(valid)}"
+            )
+        if rest or (head in _NESTED and isinstance(value, dict)):
+            cls = _NESTED.get(head)
+            if cls is None:
+                raise ValueError(
+                    f"config field {head!r} of {type(cfg).__name__} has no sub-fields (got {key!r})"
+                )
+            items = {rest: value} if rest else value
+            for sub in items:
+                if sub not in _field_names(cls):
+                    raise ValueError(
+                        f"unknown config field {head + '.' + sub!r}; valid fields of {head}: "
+                        f"{', '.join(_field_names(cls))}"
+                    )
+            nested.setdefault(head, {}).update(items)
+        else:
+            top[key] = value
+    for head, items in nested.items():
+        base = top.get(head, getattr(cfg, head))
+        top[head] = dataclasses.replace(base, **items)
+    return dataclasses.replace(cfg, **top)

@@ -1,0 +1,229 @@
+"""``create_model``/``list_presets`` and parameter accounting without allocation (``nnx.eval_shape``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+from flax import nnx
+
+from attractor_jax.models.attractor import AttractorLM
+from attractor_jax.models.config import (
+    AttractorConfig,
+    GPTConfig,
+    LMConfig,
+    ParcaeConfig,
+    apply_overrides,
+    config_to_dict,
+)
+from attractor_jax.models.gpt import GPT
+from attractor_jax.models.parcae import Parcae
+from attractor_jax.models.presets import PRESETS, REFERENCE_PARAMS
+
+MODEL_CLASSES = {AttractorConfig: AttractorLM, GPTConfig: GPT, ParcaeConfig: Parcae}
+
+
+def list_presets() -> list[str]:
+    """Names accepted by ``create_model``/``get_config``."""
+    return list(PRESETS)
+
+
+def get_config(name: str | LMConfig, **overrides: Any) -> LMConfig:
+    """The preset's config (or a given config) with plain/dotted field overrides (``d_model=64``,
+    ``**{"solver.tol": 1e-5}``). Unknown presets or fields raise ValueError naming the valid ones."""
+    if isinstance(name, LMConfig):
+        cfg = name
+    elif name in PRESETS:
+        cfg = PRESETS[name]
+    else:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return apply_overrides(cfg, overrides) if overrides else cfg
+
+
+def _model_class(cfg: LMConfig):
+    cls = MODEL_CLASSES.get(type(cfg))
+    if cls is None:
+        raise ValueError(
+            f"no model for config type {type(cfg).__name__}; expected one of "
+            f"{[c.__name__ for c in MODEL_CLASSES]}"
+        )
+    return cls
+
+
+# Fields that never change parameter shapes or initial values: models differing only in these share one
+# compiled initialiser.
+_NON_PARAM_FIELDS = (
+    "name",
+    "solver",
+    "backward",
+    "dtype",
+    "attention_impl",
+    "fp_lr_scale",
+    "fp_wd",
+    "max_seq_len",
+    "logit_scale",
+    "logit_softcap",
+    "embed_scale",
+    "causal",
+    "rope_base",
+    "qk_norm",
+    "norm_eps",
+    "mean_recurrence",
+    "mean_backprop_depth",
+    "sampling",
+    "state_init",
+)
+
+
+def _param_key(cfg: LMConfig) -> LMConfig:
+    base = type(cfg)()
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    return dataclasses.replace(cfg, **{k: getattr(base, k) for k in _NON_PARAM_FIELDS if k in fields})
+
+
+@functools.lru_cache(maxsize=32)
+def _initializer(param_cfg: LMConfig):
+    """Jitted ``key -> state``: one compiled program initialises every parameter (eager initialisation
+    compiles each random/QR primitive per shape and is several times slower, even for tiny models)."""
+    cls = _model_class(param_cfg)
+    return jax.jit(lambda key: nnx.state(cls(param_cfg, rngs=nnx.Rngs(key))))
+
+
+def build_model(cfg: LMConfig, *, seed: int = 0) -> nnx.Module:
+    """Instantiate the model of ``cfg`` with parameters drawn from ``nnx.Rngs(seed)`` (initialised under
+    jit)."""
+    graphdef, _ = nnx.split(abstract_model(cfg))
+    return nnx.merge(graphdef, _initializer(_param_key(cfg))(jax.random.key(seed)))
+
+
+def create_model(name: str | LMConfig, *, seed: int = 0, **overrides: Any) -> nnx.Module:
+    """Build the NNX model of a preset (or config), e.g. ``create_model("attractor-tiny", seed=1,
+    d_model=64)``."""
+    return build_model(get_config(name, **overrides), seed=seed)
+
+
+def abstract_model(cfg: LMConfig) -> nnx.Module:
+    """The model with ``ShapeDtypeStruct`` parameters: nothing is allocated or computed."""
+    cls = _model_class(cfg)
+    return nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
+
+
+def _group(cfg: LMConfig, path: tuple) -> tuple[str, str]:
+    """(coarse group, detail group) of a parameter path."""
+    top = str(path[0])
+    if top == "embed":
+        return "embedding", "embedding"
+    if top == "value_embeds":
+        return "value_embeddings", "value_embeddings"
+    if isinstance(cfg, AttractorConfig):
+        if top == "backbone":
+            return "backbone", "backbone"
+        if top == "head":
+            return "head", "head_gates" if str(path[-1]).startswith("gate_") else "head_blocks"
+        return "other", top
+    if isinstance(cfg, ParcaeConfig):
+        if top in ("prelude", "coda"):
+            return "backbone", top
+        if top == "core":
+            return ("backbone", "core") if str(path[1]) == "blocks" else ("other", "injection")
+        return "other", top
+    if top == "blocks":
+        return "backbone", "blocks"
+    return "other", top
+
+
+def param_counts(cfg: LMConfig) -> dict[str, Any]:
+    """Total and grouped parameter counts of ``cfg``'s model, from abstract shapes (no allocation).
+
+    ``split``: embedding / value_embeddings / backbone / head / other; ``detail``: finer groups (e.g. Parcae's
+    prelude/core/coda/injection/C, the attractor's head blocks vs gates).
+    """
+    state = nnx.state(abstract_model(cfg), nnx.Param)
+    split = {"embedding": 0, "value_embeddings": 0, "backbone": 0, "head": 0, "other": 0}
+    detail: dict[str, int] = {}
+    for path, var in nnx.to_flat_state(state):
+        n = math.prod(var.get_value().shape)
+        coarse, fine = _group(cfg, path)
+        split[coarse] += n
+        detail[fine] = detail.get(fine, 0) + n
+    return {"total": sum(split.values()), "split": split, "detail": detail}
+
+
+def _depth_settings(cfg: LMConfig) -> dict[str, Any] | None:
+    if isinstance(cfg, AttractorConfig):
+        return {"solver": dataclasses.asdict(cfg.solver), "backward": dataclasses.asdict(cfg.backward)}
+    if isinstance(cfg, ParcaeConfig):
+        return {
+            "recurrence": {
+                "mean_recurrence": cfg.mean_recurrence,
+                "mean_backprop_depth": cfg.mean_backprop_depth,
+                "sampling": cfg.sampling,
+            }
+        }
+    return None
+
+
+def preset_summary(name: str | LMConfig, **overrides: Any) -> dict[str, Any]:
+    """Structured description: name, arch, parameter counts (total/split/detail), reference count (if any),
+    solver or recurrence settings, and the full config dict. Computed without allocating the model."""
+    cfg = get_config(name, **overrides)
+    counts = param_counts(cfg)
+    ref = REFERENCE_PARAMS.get(cfg.name) if not overrides else None
+    return {
+        "name": cfg.name,
+        "arch": cfg.arch,
+        **counts,
+        "reference_total": ref,
+        "depth": _depth_settings(cfg),
+        "config": config_to_dict(cfg),
+    }
+
+
+def describe_preset(name: str | LMConfig, **overrides: Any) -> str:
+    """Human-readable parameter split and solver settings (what ``attractor-jax info --preset`` prints)."""
+    s = preset_summary(name, **overrides)
+    total = s["total"]
+    cfg = s["config"]
+    lines = [
+        f"{s['name'] or '(custom)'}  [{s['arch']}]  d={cfg['d_model']} heads={cfg['n_heads']} "
+        f"mlp={cfg['mlp_dim']} vocab={cfg['vocab_size']} dtype={cfg['dtype']}"
+    ]
+    lines.append(f"  parameters: {total:,}")
+    for k, v in s["split"].items():
+        if v or k in ("embedding", "backbone", "head", "other"):
+            lines.append(f"    {k:<17}{v:>15,}  {100.0 * v / total:5.1f}%")
+    if s["reference_total"]:
+        dev = 100.0 * (total - s["reference_total"]) / s["reference_total"]
+        lines.append(f"    reference total  {s['reference_total']:>15,}  ({dev:+.2f}%)")
+    d = s["depth"]
+    if d and "solver" in d:
+        sv, bw = d["solver"], d["backward"]
+        lines.append(
+            f"  solver: {sv['kind']} max_iter={sv['max_iter']} min_iter={sv['min_iter']} tol={sv['tol']:g} "
+            f"m={sv['m']} beta={sv['beta']}"
+        )
+        bwd = f"  backward: {bw['kind']}"
+        if bw["kind"] == "neumann":
+            bwd += f" k={bw['k']} clip={bw['clip']}"
+        elif bw["kind"] == "ift":
+            bwd += f" solver={bw['solver']} max_iter={bw['max_iter']} tol={bw['tol']}"
+        elif bw["kind"] == "phantom":
+            bwd += f" k={bw['k']} damping={bw['damping']}"
+        lines.append(bwd)
+        lines.append(
+            f"  head: {cfg['n_fp_blocks']} block(s), gates init {cfg['layer_scale_init']} / max "
+            f"{cfg['gamma_max']}; backbone {cfg['n_backbone_layers']} layers"
+        )
+    elif d:
+        r = d["recurrence"]
+        lines.append(
+            f"  recurrence: prelude/core/coda {cfg['n_prelude']}/{cfg['n_core']}/{cfg['n_coda']}, "
+            f"mean depth {r['mean_recurrence']} ({r['sampling']}), backprop depth "
+            f"{r['mean_backprop_depth']}"
+        )
+    else:
+        lines.append(f"  layers: {cfg['n_layers']}, value embeddings: {cfg['value_embeds']}")
+    return "\n".join(lines)

@@ -1,0 +1,30 @@
+"""Rotary position embeddings in the reference's interleaved-pair convention, computed in float32.
+
+Pairs are ``(x[2i], x[2i+1])``, rotated like the complex product ``(x[2i] + i x[2i+1]) · e^{i θ_i p}`` with
+``θ_i = base^{-2i / head_dim}`` (NOT the rotate-half convention). The result is cast back to the input dtype.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def rope_angles(positions: jax.Array, head_dim: int, base: float) -> tuple[jax.Array, jax.Array]:
+    """cos and sin of ``positions[..., None] * θ``, shape ``positions.shape + (head_dim // 2,)``, float32."""
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+    inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x_BTNH: jax.Array, cos_BTF: jax.Array, sin_BTF: jax.Array) -> jax.Array:
+    """Rotate ``x [B, T, N, H]`` by angles ``[B or 1, T, H/2]`` (interleaved pairs), in float32."""
+    xf = x_BTNH.astype(jnp.float32)
+    x2 = xf.reshape(*xf.shape[:-1], xf.shape[-1] // 2, 2)
+    x0, x1 = x2[..., 0], x2[..., 1]
+    c = cos_BTF[:, :, None, :]
+    s = sin_BTF[:, :, None, :]
+    out = jnp.stack([x0 * c - x1 * s, x1 * c + x0 * s], axis=-1)
+    return out.reshape(xf.shape).astype(x_BTNH.dtype)
