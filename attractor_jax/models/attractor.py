@@ -161,9 +161,11 @@ class AttractorLM(nnx.Module):
         max_iter: int | None = None,
         tol: float | None = None,
         *,
+        key: jax.Array | None = None,
         positions_BT: jax.Array | None = None,
     ) -> tuple[jax.Array, dict]:
-        """Returns ``(logits [B, T, V] float32, aux)``.
+        """Returns ``(logits [B, T, V] float32, aux)``. ``key`` is accepted for a uniform model interface and
+        ignored (the solve is deterministic).
 
         aux: ``iterations`` (int32 [B, T], f-evaluations per token), ``residual`` (float32 [B, T],
         ||f(y)−y||/||y||), ``converged``/``diverged`` (bool [B, T]), ``head_contribution`` (float32 [B],

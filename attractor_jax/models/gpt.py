@@ -37,10 +37,11 @@ class GPT(nnx.Module):
         max_iter: int | None = None,
         tol: float | None = None,
         *,
+        key: jax.Array | None = None,
         positions_BT: jax.Array | None = None,
     ) -> tuple[jax.Array, dict]:
-        """Returns ``(logits [B, T, V] float32, {})``. ``max_iter``/``tol`` are accepted for a uniform model
-        interface (depth sweeps) and ignored: a GPT has no recurrence."""
+        """Returns ``(logits [B, T, V] float32, {})``. ``max_iter``/``tol``/``key`` are accepted for a uniform
+        model interface (depth sweeps, training randomness) and ignored: a GPT has no recurrence."""
         cfg = self.config
         x = embed_tokens(cfg, self.embed, tokens_BT)
         ves = lookup_value_embeds(self.value_embeds, tokens_BT, cfg.n_layers)
