@@ -6,6 +6,7 @@ Bad input (an unknown preset, a bad value) prints one line ``error: ...`` and ex
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -27,7 +28,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from attractor_jax.demo import run_demo
 
-    run_demo(steps=args.steps, seed=args.seed, preset=args.preset, out=args.out)
+    run_demo(steps=args.steps, seed=args.seed, out=args.out)
     return 0
 
 
@@ -37,6 +38,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from attractor_jax.models import get_config
     from attractor_jax.train.trainer import RunConfig, train
 
+    if args.distributed or os.environ.get("ATTRACTOR_JAX_DISTRIBUTED") == "1":
+        import jax
+
+        jax.distributed.initialize()  # multi-host: coordinator from the TPU/SLURM environment
     run = RunConfig(model=get_config(args.preset))
     run = dataclasses.replace(run, data=dataclasses.replace(run.data, path=args.data))
     changes = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("mesh", args.mesh),
@@ -90,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int)
     tr.add_argument("--mesh", help="device mesh, e.g. data=2,fsdp=2,tensor=2 (default: all devices on data)")
     tr.add_argument("--log-every", type=int)
+    tr.add_argument("--distributed", action="store_true",
+                    help="call jax.distributed.initialize() first (multi-host; also ATTRACTOR_JAX_DISTRIBUTED=1)")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a config field: model.FIELD, train.FIELD, optim.FIELD, data.FIELD (repeatable)")
     tr.set_defaults(func=_cmd_train)
@@ -102,11 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="versions, devices and presets; --preset NAME for a parameter split")
     info.add_argument("--preset", help="print the parameter split and solver settings of this preset")
     info.set_defaults(func=_cmd_info)
-    demo = sub.add_parser("demo", help="train a tiny attractor on the embedded text and sweep solver depth")
-    demo.add_argument("--steps", type=int, default=300)
+    demo = sub.add_parser("demo", help="train attractor-tiny and gpt-tiny on the stdlib's sources; compare depths")
+    demo.add_argument("--steps", type=int, default=400)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--preset", default="attractor-tiny")
-    demo.add_argument("--out", default=None, help="folder for demo.json (default: print only)")
+    demo.add_argument("--out", default="runs/demo", help="folder for the runs, demo.json and demo.png")
     demo.set_defaults(func=_cmd_demo)
     return p
 

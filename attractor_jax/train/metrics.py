@@ -31,26 +31,51 @@ def peak_flops(device_kind: str) -> float | None:
     return None
 
 
-def flops_per_token(model_config: Any, param_split: Mapping[str, int], seq_len: int,
+def flops_per_token(model_config: Any, counts: Mapping[str, Any], seq_len: int,
                     f_evals: float = 0.0, backward_vjps: float = 1.0) -> float:
-    """Training FLOPs per token: 6 N for the explicitly backpropagated weights (backbone, embedding matmul),
-    plus attention scores, plus for an attractor head 2 N_h per forward f-evaluation, 2 N_h for the extra
-    evaluation at y* and 4 N_h per VJP in the backward (``backward_vjps`` = Neumann k + 1, IFT iterations + 1).
+    """Estimated training FLOPs per token (matmuls only; value-embedding tables cost a lookup, not FLOPs).
 
-    ``param_split`` is ``models.param_counts(cfg)["split"]``; value-embedding tables cost a lookup, not FLOPs.
+    * explicitly backpropagated weights (backbone, the tied unembedding): 6 N;
+    * a Parcae core: 6 N_core per recurrence with gradient (``mean_backprop_depth``) and 2 N_core per recurrence
+      without (``mean_recurrence - mean_backprop_depth``);
+    * an attractor head: 2 N_h per forward f-evaluation (``f_evals``, measured), 2 N_h for the evaluation at
+      y* kept for the backward, and 4 N_h per VJP in the backward (``backward_vjps``: Neumann k + 1, Phantom k,
+      IFT iterations + 1);
+    * causal attention scores and values: 2 · 2 · T · d / 2 per layer per forward pass, scaled likewise.
+
+    ``counts`` is ``models.param_counts(cfg)`` (its ``split`` and ``detail``).
     """
     d = model_config.d_model
-    dense = param_split.get("backbone", 0) + param_split.get("embedding", 0)  # embedding: the tied unembedding
+    split, detail = counts["split"], counts.get("detail", {})
+    attn_fwd = 2 * 2 * seq_len * d / 2  # per layer, per token
+    core = detail.get("core", 0)
+    rec = getattr(model_config, "mean_recurrence", 0) if core else 0
+    grad_rec = min(getattr(model_config, "mean_backprop_depth", 0), rec) if core else 0
+    dense = split.get("backbone", 0) - core + split.get("embedding", 0)
     n_layers = sum(getattr(model_config, k, 0) for k in ("n_layers", "n_backbone_layers", "n_prelude", "n_coda"))
-    n_layers += getattr(model_config, "n_core", 0) * max(getattr(model_config, "mean_recurrence", 1), 1)
-    attention = 6 * 2 * n_layers * seq_len * d / 2  # causal QK^T and AV, forward + backward
-    head = param_split.get("head", 0)
-    head_flops = 0.0
+    total = 6 * dense + 3 * attn_fwd * n_layers
+    if core:
+        n_core = getattr(model_config, "n_core", 1)
+        total += (6 * core + 3 * attn_fwd * n_core) * grad_rec + (2 * core + attn_fwd * n_core) * (rec - grad_rec)
+    head = split.get("head", 0)
     if head:
         n_fp = getattr(model_config, "n_fp_blocks", 1)
-        head_flops = 2 * head * (f_evals + 1) + 4 * head * backward_vjps
-        head_flops += (2 * 2 * n_fp * seq_len * d / 2) * (f_evals + 1 + 2 * backward_vjps)
-    return 6 * dense + attention + head_flops
+        total += (2 * head + attn_fwd * n_fp) * (f_evals + 1) + (4 * head + 2 * attn_fwd * n_fp) * backward_vjps
+    return float(total)
+
+
+def backward_vjps(model_config: Any) -> float:
+    """VJPs through the attractor head per training step implied by its backward mode (1 for other models)."""
+    bk = getattr(model_config, "backward", None)
+    if bk is None:
+        return 1.0
+    if bk.kind == "neumann":
+        return float(bk.k + 1)
+    if bk.kind == "phantom":
+        return float(bk.k)
+    if bk.kind == "unrolled":
+        return float(model_config.solver.max_iter)
+    return float(bk.max_iter or model_config.solver.max_iter) + 1.0  # IFT: at most this many
 
 
 class MetricsWriter:

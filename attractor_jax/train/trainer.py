@@ -27,7 +27,7 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +39,7 @@ from attractor_jax.models import build_model, config_from_dict, config_to_dict, 
 from attractor_jax.models.config import LMConfig
 from attractor_jax.train import sharding as shd
 from attractor_jax.train.checkpoint import Checkpointer
-from attractor_jax.train.metrics import MetricsWriter, flops_per_token, peak_flops
+from attractor_jax.train.metrics import MetricsWriter, backward_vjps, flops_per_token, peak_flops
 from attractor_jax.train.optim import OptimConfig, make_optimizer, optimizer_metrics
 
 log = logging.getLogger(__name__)
@@ -371,10 +371,21 @@ class _Progress:
             sys.stdout.write("\n")
 
 
-def _setup(run: RunConfig):
-    """Model graph, optimizer, mesh, abstract state and shardings."""
+class Setup(NamedTuple):
+    model_config: LMConfig  # with the run's dtype override applied
+    mesh: jax.sharding.Mesh
+    graphdef: Any
+    optimizer: optax.GradientTransformation
+    init: Callable[[], TrainState]  # jit with out_shardings=state_shardings to create a sharded state
+    abstract_state: TrainState  # ShapeDtypeStructs
+    state_shardings: TrainState  # NamedShardings
+
+
+def setup(run: RunConfig, devices=None) -> Setup:
+    """Model graph, optimizer, mesh, abstract state and shardings. ``devices`` defaults to ``jax.devices()``;
+    ahead-of-time compilation passes a TPU topology's device descriptions instead."""
     model_cfg = run.model if run.train.dtype is None else get_config(run.model, dtype=run.train.dtype)
-    mesh = shd.make_mesh(run.train.mesh)
+    mesh = shd.make_mesh(run.train.mesh, devices)
     abstract = nnx.eval_shape(lambda: build_model(model_cfg, seed=run.train.seed))
     graphdef, abstract_params = nnx.split(abstract)
     optimizer = make_optimizer(run.optim, abstract_params, model_cfg, total_steps=run.train.steps)
@@ -397,7 +408,7 @@ def _setup(run: RunConfig):
     except Exception:  # noqa: BLE001 - replicated optimizer state is always valid
         pass
     state_sh = TrainState(params=param_sh, opt_state=opt_sh, step=shd.replicated(mesh), rng=shd.replicated(mesh))
-    return model_cfg, mesh, graphdef, optimizer, init, abstract_state, state_sh
+    return Setup(model_cfg, mesh, graphdef, optimizer, init, abstract_state, state_sh)
 
 
 def train(run: RunConfig, workdir: str | os.PathLike, *, stop_after: int | None = None,
@@ -412,7 +423,7 @@ def train(run: RunConfig, workdir: str | os.PathLike, *, stop_after: int | None 
     wd.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(wd / "config.json", run.to_dict())
 
-    model_cfg, mesh, graphdef, optimizer, init, abstract_state, state_sh = _setup(run)
+    model_cfg, mesh, graphdef, optimizer, init, abstract_state, state_sh = setup(run)
     train_step, eval_step = make_steps(graphdef, optimizer, run.train.grad_accum)
     batch_sh = shd.batch_sharding(mesh)
     jit_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
@@ -438,11 +449,7 @@ def train(run: RunConfig, workdir: str | os.PathLike, *, stop_after: int | None 
     kind = jax.devices()[0].device_kind
     peak = peak_flops(kind)
     tokens_per_step = run.train.batch_size * run.train.seq_len
-    vjps = 1.0
-    if getattr(model_cfg, "backward", None) is not None:
-        bk = model_cfg.backward
-        vjps = bk.k + 1 if bk.kind == "neumann" else bk.k if bk.kind == "phantom" else float(
-            bk.max_iter or model_cfg.solver.max_iter) + 1
+    vjps = backward_vjps(model_cfg)
 
     stop = {"signal": None}
 
@@ -488,7 +495,7 @@ def train(run: RunConfig, workdir: str | os.PathLike, *, stop_after: int | None 
                 now = time.perf_counter()
                 tps = tokens_per_step * (step - last_step) / (now - last_t) if step > last_step else float("nan")
                 last_t, last_step = now, step
-                fpt = flops_per_token(model_cfg, counts["split"], run.train.seq_len,
+                fpt = flops_per_token(model_cfg, counts, run.train.seq_len,
                                       float(metrics.get("solver_iters", 0.0)), vjps)
                 row = dict(metrics, ppl=float(math.exp(min(float(metrics["loss"]), 50.0))),
                            tokens_per_s=tps, flops_per_token=fpt)
@@ -534,7 +541,7 @@ def evaluate(workdir: str | os.PathLike, depths: list[int | None] | None = None,
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, path=data_path))
     if batches is not None:
         run = dataclasses.replace(run, train=dataclasses.replace(run.train, eval_batches=batches))
-    model_cfg, mesh, graphdef, optimizer, init, abstract_state, state_sh = _setup(run)
+    model_cfg, mesh, graphdef, optimizer, init, abstract_state, state_sh = setup(run)
     _, eval_step = make_steps(graphdef, optimizer, 1)
     ckpt = Checkpointer(wd, keep=run.train.keep)
     abstract_sharded = jax.tree_util.tree_map(

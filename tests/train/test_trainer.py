@@ -18,7 +18,7 @@ from flax import nnx
 from attractor_jax.cli import main as cli_main
 from attractor_jax.models import get_config
 from attractor_jax.train.optim import OptimConfig
-from attractor_jax.train.trainer import DataConfig, RunConfig, TrainConfig, evaluate, train
+from attractor_jax.train.trainer import DataConfig, RunConfig, TrainConfig, evaluate, setup, train
 
 SMALL = dict(d_model=64, n_heads=2, mlp_dim=128, n_backbone_layers=1)
 
@@ -47,9 +47,8 @@ def read_metrics(workdir):
 
 def final_params(workdir, run):
     from attractor_jax.train.checkpoint import Checkpointer
-    from attractor_jax.train.trainer import _setup
 
-    *_, abstract_state, state_sh = _setup(run)
+    *_, abstract_state, state_sh = setup(run)
     ck = Checkpointer(workdir)
     step, state, _ = ck.restore(abstract_state, None)
     ck.close()
@@ -120,6 +119,15 @@ def test_gradient_accumulation_matches_one_big_batch(corpus, tmp_path):
         train(run, tmp_path / f"a{accum}", on_log=rows.append)
         losses[accum] = [r["loss"] for r in rows]
     np.testing.assert_allclose(losses[1], losses[2], rtol=1e-5)
+
+
+def test_bfloat16_compute_trains(corpus, tmp_path):
+    run = small_run(corpus, steps=3, dtype="bfloat16", save_every=0, eval_depths=(0,))
+    rows = []
+    summary = train(run, tmp_path, on_log=rows.append)
+    assert all(np.isfinite(r["loss"]) for r in rows) and np.isfinite(summary["val_loss"])
+    abstract_state = setup(run).abstract_state
+    assert {x.dtype for x in jax.tree_util.tree_leaves(abstract_state.params)} == {np.dtype("float32")}
 
 
 MESH_SCRIPT = textwrap.dedent(
