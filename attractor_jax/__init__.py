@@ -1,41 +1,24 @@
 """attractor_jax: Attractor Models in JAX/Flax.
 
 The implicit-layer core (`aj.fixed_point`, solvers, backward modes, regularisers) is pure JAX and importable by
-any JAX codebase; models, training and data live in the sub-packages.
+any JAX codebase; models, training and data live in the sub-packages. The model entry points
+(`aj.create_model`, `aj.list_presets`, `aj.describe_preset`, `aj.get_config`) are loaded on first use, so
+``import attractor_jax`` (and ``attractor_jax.implicit``) does not pull in Flax.
 """
 
-from attractor_jax.implicit import (
-    IFT,
-    Anderson,
-    Broyden,
-    Neumann,
-    Phantom,
-    Picard,
-    Solution,
-    SolverStats,
-    Unrolled,
-    adjoint_probe,
-    adjoint_stats,
-    fixed_point,
-    jacobian_penalty,
-    spectral_radius,
-)
+import importlib
+
+from attractor_jax import implicit
+from attractor_jax.implicit import *  # noqa: F401,F403  (the public core API, listed in implicit.__all__)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "IFT",
-    "Anderson",
-    "Broyden",
-    "Neumann",
-    "Phantom",
-    "Picard",
-    "Solution",
-    "SolverStats",
-    "Unrolled",
-    "adjoint_probe",
-    "adjoint_stats",
-    "fixed_point",
-    "jacobian_penalty",
-    "spectral_radius",
-]
+_LAZY = {name: "attractor_jax.models" for name in ("create_model", "list_presets", "describe_preset", "get_config")}
+
+__all__ = [*implicit.__all__, *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'attractor_jax' has no attribute {name!r}")

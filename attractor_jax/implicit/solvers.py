@@ -72,14 +72,31 @@ class _Carry:
     diverged: jax.Array  # [S] bool
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class _Solver:
-    """Shared driver; subclasses are frozen dataclasses with tol/max_iter/min_iter and init/propose."""
+    """Shared settings and driver; subclasses add their own fields and define ``init``/``propose``.
 
-    tol: float
-    max_iter: int
-    min_iter: int
-    divergence: float
-    keep_best: bool
+    tol: relative-residual tolerance; max_iter: at most this many f-evaluations; min_iter: a sample may not be
+    declared converged before this many; divergence: a residual this many times above the sample's best (or a
+    non-finite one) freezes the sample as diverged; keep_best: return each sample's lowest-residual candidate
+    (else its last).
+    """
+
+    tol: float = 1e-4
+    max_iter: int = 30
+    min_iter: int = 0
+    divergence: float = 1e4
+    keep_best: bool = True
+
+    def __post_init__(self):
+        name = type(self).__name__
+        _check_common(name, self.tol, self.max_iter, self.min_iter)
+        if not self.divergence > 1:
+            raise ValueError(f"{name}: divergence={self.divergence!r} must be > 1")
+        self._check()
+
+    def _check(self) -> None:
+        """Subclass-specific validation."""
 
     def init(self, x0: jax.Array) -> Any:
         raise NotImplementedError
@@ -153,19 +170,13 @@ class _Solver:
         return _Carry(k, x_next, mem, best, best_res, last_res, iters, converged, diverged)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Picard(_Solver):
     """Damped fixed-point iteration x <- (1 - damping) x + damping f(x)."""
 
     damping: float = 1.0
-    tol: float = 1e-4
-    max_iter: int = 30
-    min_iter: int = 0
-    divergence: float = 1e4
-    keep_best: bool = True
 
-    def __post_init__(self):
-        _check_common("Picard", self.tol, self.max_iter, self.min_iter)
+    def _check(self):
         if not 0 < self.damping <= 1:
             raise ValueError(f"Picard: damping={self.damping!r} must be in (0, 1]")
 
@@ -211,7 +222,7 @@ def _spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.stack(z, axis=-1)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Anderson(_Solver):
     """Type-II Anderson acceleration with a fixed-size ring-buffer history.
 
@@ -220,27 +231,22 @@ class Anderson(_Solver):
         min_a ||sum_i a_i g_i||^2 + lam ||a||^2   s.t.  sum_i a_i = 1,
 
     as a = A^-1 1 / (1^T A^-1 1) with A = G G^T + lam I and lam = ridge * mean_i ||g_i||^2 (scale-free; A is
-    normalised to unit mean diagonal and factorised by an unrolled Cholesky), and step to x = sum_i a_i x_i + beta sum_i a_i g_i. The Gram matrix is updated by one row per
-    step (O(mN) instead of O(m^2 N)). Non-finite coefficients fall back to a damped plain step from the newest
-    iterate. The first step (one history entry) is a plain step, so max_iter=1 returns f(x0).
+    normalised to unit mean diagonal and factorised by an unrolled Cholesky), and step to
+    x = sum_i a_i x_i + beta sum_i a_i g_i. The Gram matrix is updated by one row per step (O(mN) instead of
+    O(m^2 N)). Non-finite coefficients fall back to a damped plain step from the newest iterate. The first step
+    (one history entry) is a plain step, so max_iter=1 returns f(x0).
 
     ``restart=True`` (safeguard): when a sample's residual rises, its history is cleared down to the newest
-    entry, so the next step is a plain step. Plain Anderson can stagnate on saturated nonlinear maps where Picard
-    still converges; the restart keeps it at least as fast as Picard there and changes nothing while residuals fall.
+    entry, so the next step is a plain step. Plain Anderson can stagnate on saturated nonlinear maps on which
+    Picard still converges; restarting helps on some of them (not all) and changes nothing while residuals fall.
     """
 
     m: int = 5
     beta: float = 1.0
     ridge: float = 1e-4
-    tol: float = 1e-4
-    max_iter: int = 30
-    min_iter: int = 0
     restart: bool = True
-    divergence: float = 1e4
-    keep_best: bool = True
 
-    def __post_init__(self):
-        _check_common("Anderson", self.tol, self.max_iter, self.min_iter)
+    def _check(self):
         if not (isinstance(self.m, int) and self.m >= 1):
             raise ValueError(f"Anderson: m={self.m!r} must be an int >= 1")
         if not 0 < self.beta <= 1:
@@ -305,7 +311,7 @@ class _BroydenMemory:
     g_prev: jax.Array  # [S, N]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Broyden(_Solver):
     """Limited-memory ("good") Broyden on g(x) = f(x) - x with an inverse-Jacobian estimate.
 
@@ -315,14 +321,8 @@ class Broyden(_Solver):
     """
 
     memory: int = 20
-    tol: float = 1e-4
-    max_iter: int = 30
-    min_iter: int = 0
-    divergence: float = 1e4
-    keep_best: bool = True
 
-    def __post_init__(self):
-        _check_common("Broyden", self.tol, self.max_iter, self.min_iter)
+    def _check(self):
         if not (isinstance(self.memory, int) and self.memory >= 1):
             raise ValueError(f"Broyden: memory={self.memory!r} must be an int >= 1")
 

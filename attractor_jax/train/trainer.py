@@ -456,7 +456,10 @@ def train(run: RunConfig, workdir: str | os.PathLike, *, stop_after: int | None 
     def on_sigterm(signum, frame):
         stop["signal"] = signum
 
-    old_handler = signal.signal(signal.SIGTERM, on_sigterm) if hasattr(signal, "SIGTERM") else None
+    try:
+        old_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: pre-emption handling is the caller's
+        old_handler = None
     val_cache: list = []
 
     def run_validation(step: int) -> dict:
