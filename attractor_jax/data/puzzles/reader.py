@@ -1,0 +1,337 @@
+"""The puzzle input pipeline: a built dataset (TRM/HRM layout, `common`) read by memory map through grain.
+
+    it = make_puzzle_pipeline("data/sudoku-1k", split="train", batch_size=768, seed=0)
+    batch = next(it)    # inputs, labels int32 [b, L]; puzzle_identifiers int32 [b]; mask bool [b]
+    it.metadata         # PuzzleDatasetMetadata: vocab_size, seq_len, num_puzzle_identifiers, ignore_label_id
+    state = it.get_state(); it.set_state(state)   # exact resumption (grain.checkpoint.CheckpointSave(it) too)
+
+`labels` hold IGNORE_LABEL_ID = -100 where the stored label is the dataset's ignore_label_id (PAD); `mask` is
+False on the padding rows of a final evaluation batch (their inputs are PAD, labels -100, identifier blank).
+
+**Training order** (shuffle=True, the default for split="train"): epoch e draws, from
+`np.random.default_rng([seed, e])`, a permutation of the groups and, for each group, one of its puzzles (one
+augmentation), as TRM does. The chosen puzzle contributes its examples in a random order (c_g of them, c_g the
+smallest puzzle size in the group: every puzzle of a TRM/HRM group has the same size, so all of them). The
+epochs' example streams are concatenated and cut into global batches of `batch_size`: an epoch has E = sum c_g
+examples whatever the draws, so global batch k is positions [kB, (k+1)B) of that stream and is computed from k
+alone (this is TRM's sampler with its epochs_per_iter concatenation taken to the whole run; unlike TRM a
+puzzle's examples may straddle two batches instead of being cut off at the batch end). With `num_epochs` set
+the trailing partial batch is dropped. Process p of P takes rows [p·b, (p+1)·b) of each global batch (b=B/P),
+so the state (the next batch index) is the same on every host.
+
+**Evaluation order** (shuffle=False, the default for split="test"): every example once, in stored order, in
+global batches of B; the last one is padded (mask False), and each process takes its rows of it as above.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import pathlib
+import sys
+import threading
+from typing import Any
+
+import grain
+import numpy as np
+
+from attractor_jax.data.puzzles.common import (
+    FIELDS,
+    IGNORE_LABEL_ID,
+    PuzzleDatasetMetadata,
+    load_puzzle_metadata,
+)
+from attractor_jax.data.text import _check_int, _resolve_process
+
+__all__ = ["PuzzleIterator", "load_puzzle_split", "make_puzzle_pipeline"]
+
+
+class PuzzleSplit:
+    """One split of a built dataset: inputs/labels memory-mapped, the index arrays in memory."""
+
+    def __init__(self, path: str | os.PathLike, split: str, set_name: str | None = None):
+        self.root = pathlib.Path(path).expanduser()
+        self.split = split
+        self.metadata = load_puzzle_metadata(self.root, split)
+        sets = list(self.metadata.sets)
+        if set_name is None:
+            if len(sets) != 1:
+                raise ValueError(f"{self.root / split}: holds sets {sets}; choose one with set_name=")
+            set_name = sets[0]
+        elif set_name not in sets:
+            raise ValueError(f"set_name={set_name!r} is not in {self.root / split} (sets: {sets})")
+        arrays = {}
+        for k in FIELDS:
+            f = self.root / split / f"{set_name}__{k}.npy"
+            if not f.is_file():
+                raise FileNotFoundError(f"puzzle dataset file '{f}' is missing")
+            try:
+                arrays[k] = np.load(f, mmap_mode="r" if k in ("inputs", "labels") else None)
+            except ValueError as e:
+                raise ValueError(f"{f}: not a numpy array file ({e})") from None
+        self.inputs, self.labels = arrays["inputs"], arrays["labels"]
+        self.puzzle_identifiers = np.asarray(arrays["puzzle_identifiers"], np.int32)
+        self.puzzle_indices = np.asarray(arrays["puzzle_indices"], np.int64)
+        self.group_indices = np.asarray(arrays["group_indices"], np.int64)
+        self._check()
+
+    def _check(self) -> None:
+        where = self.root / self.split
+        L = self.metadata.seq_len
+        E = self.inputs.shape[0]
+        if self.inputs.ndim != 2 or self.inputs.shape[1] != L or self.labels.shape != self.inputs.shape:
+            raise ValueError(
+                f"{where}: inputs {self.inputs.shape} / labels {self.labels.shape} do not match seq_len={L}"
+            )
+        pi, gi = self.puzzle_indices, self.group_indices
+        P = len(self.puzzle_identifiers)
+        if pi.shape != (P + 1,) or pi[0] != 0 or pi[-1] != E or np.any(np.diff(pi) <= 0):
+            raise ValueError(f"{where}: puzzle_indices must rise strictly from 0 to {E} over {P} puzzles")
+        if gi.ndim != 1 or len(gi) < 2 or gi[0] != 0 or gi[-1] != P or np.any(np.diff(gi) <= 0):
+            raise ValueError(f"{where}: group_indices must rise strictly from 0 to {P}")
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_indices) - 1
+
+
+def load_puzzle_split(
+    path: str | os.PathLike, split: str = "train", set_name: str | None = None
+) -> PuzzleSplit:
+    return PuzzleSplit(path, split, set_name)
+
+
+class _Batches:
+    """Random-access source: element k is process-local batch k (the maths: module docstring)."""
+
+    def __init__(
+        self,
+        data: PuzzleSplit,
+        *,
+        global_batch: int,
+        local_batch: int,
+        offset: int,
+        seed: int,
+        shuffle: bool,
+        num_batches: int | None,
+    ):
+        self.d = data
+        self.meta = data.metadata
+        self.B, self.b, self.offset = global_batch, local_batch, offset
+        self.seed, self.shuffle = seed, shuffle
+        self._len = sys.maxsize if num_batches is None else num_batches
+        psize = np.diff(data.puzzle_indices)
+        self.group_take = np.minimum.reduceat(psize, data.group_indices[:-1]).astype(np.int64)
+        self.single = bool(np.all(psize == 1))
+        self.epoch_len = int(self.group_take.sum()) if shuffle else data.num_examples
+        self._tables: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self._len
+
+    def epoch_table(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(example index, puzzle index) of every position of the epoch's stream."""
+        with self._lock:
+            if epoch in self._tables:
+                return self._tables[epoch]
+        d = self.d
+        rng = np.random.default_rng([self.seed, epoch])
+        G = d.num_groups
+        order = rng.permutation(G)
+        first, count = d.group_indices[order], np.diff(d.group_indices)[order]
+        chosen = first + np.floor(rng.random(G) * count).astype(np.int64)
+        starts = d.puzzle_indices[chosen]
+        if self.single:
+            table = (starts, chosen)
+        else:
+            size = d.puzzle_indices[chosen + 1] - starts
+            block = np.repeat(np.arange(G), size)
+            block_start = np.repeat(np.cumsum(size) - size, size)
+            rank = np.arange(len(block)) - block_start
+            perm = np.lexsort((rng.random(len(block)), block))  # random order within each block
+            keep = rank < np.repeat(self.group_take[order], size)
+            table = ((np.repeat(starts, size) + rank[perm])[keep], np.repeat(chosen, size)[keep])
+        with self._lock:
+            self._tables[epoch] = table
+            while len(self._tables) > 2:
+                self._tables.popitem(last=False)
+        return table
+
+    def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+        k = int(k)
+        if not 0 <= k < self._len:
+            raise IndexError(f"batch index {k} out of range [0, {self._len})")
+        pos = k * self.B + self.offset + np.arange(self.b, dtype=np.int64)
+        if self.shuffle:
+            ex = np.empty(self.b, np.int64)
+            puz = np.empty(self.b, np.int64)
+            epochs, within = np.divmod(pos, self.epoch_len)
+            for e in np.unique(epochs):
+                sel = epochs == e
+                t_ex, t_puz = self.epoch_table(int(e))
+                ex[sel], puz[sel] = t_ex[within[sel]], t_puz[within[sel]]
+            valid = np.ones(self.b, bool)
+        else:
+            # an example's position in the stored order; a batch past the end of the split is all padding
+            valid = pos < self.d.num_examples
+            ex = np.where(valid, pos, 0)
+            puz = np.searchsorted(self.d.puzzle_indices, ex, side="right") - 1
+        return self._collate(ex, puz, valid)
+
+    def _collate(self, ex: np.ndarray, puz: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+        m = self.meta
+        order = np.argsort(ex, kind="stable")  # sorted reads are kinder to the memory map
+        inputs = np.empty((self.b, m.seq_len), np.int32)
+        labels = np.empty((self.b, m.seq_len), np.int32)
+        inputs[order] = self.d.inputs[ex[order]]
+        labels[order] = self.d.labels[ex[order]]
+        if m.ignore_label_id is not None:
+            labels[labels == m.ignore_label_id] = IGNORE_LABEL_ID
+        ids = self.d.puzzle_identifiers[puz].astype(np.int32)
+        if not valid.all():
+            inputs[~valid] = m.pad_id
+            labels[~valid] = IGNORE_LABEL_ID
+            ids[~valid] = m.blank_identifier_id
+        return {"inputs": inputs, "labels": labels, "puzzle_identifiers": ids, "mask": valid.copy()}
+
+
+class PuzzleIterator(grain.DatasetIterator):
+    """A grain `DatasetIterator` of puzzle batches with exact, JSON-serialisable `get_state()` /
+    `set_state()`. The state carries a fingerprint of the pipeline; `set_state` with a state from another
+    pipeline raises ValueError.
+
+    Attributes: `metadata` (PuzzleDatasetMetadata), `split`, `batch_size` (global), `local_batch_size`,
+    `num_batches` (None when unbounded), `epoch_examples` (examples per epoch: sum over groups of the examples
+    drawn per group when shuffling, all examples otherwise), `num_groups`, `num_examples`, `config`.
+    """
+
+    metadata: PuzzleDatasetMetadata
+    split: str
+    batch_size: int
+    local_batch_size: int
+    num_batches: int | None
+    epoch_examples: int
+    num_groups: int
+    num_examples: int
+    config: dict[str, Any]
+
+    def __init__(self, parent: grain.DatasetIterator):
+        super().__init__(parent)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._parent)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"grain": self._parent.get_state(), "config": dict(self.config)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or "config" not in state or "grain" not in state:
+            raise ValueError(
+                f"not a puzzle-pipeline iterator state: expected a dict with 'grain' and 'config', "
+                f"got {state!r}"
+            )
+        saved = state["config"]
+        diff = {k: (saved.get(k), v) for k, v in self.config.items() if saved.get(k) != v}
+        if diff:
+            detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"data iterator state belongs to a different puzzle pipeline ({detail})")
+        self._parent.set_state(state["grain"])
+
+    @property
+    def batches_per_epoch(self) -> float:
+        return self.epoch_examples / self.batch_size
+
+    def __str__(self) -> str:
+        return (
+            f"PuzzleIterator({self.split}, seq_len={self.metadata.seq_len}, "
+            f"batch={self.local_batch_size}/{self.batch_size})"
+        )
+
+
+def make_puzzle_pipeline(
+    path: str | os.PathLike,
+    split: str = "train",
+    *,
+    batch_size: int,
+    seed: int = 0,
+    shuffle: bool | None = None,
+    num_epochs: int | None = None,
+    set_name: str | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    prefetch: int = 2,
+) -> PuzzleIterator:
+    """The puzzle input pipeline over `path/split` (module docstring for the orders).
+
+    batch_size: the global batch (each of P processes yields batch_size / P rows; P defaults to
+      `jax.process_count()`). shuffle: default True for "train" (TRM sampling), False otherwise (every example
+      once, padded last batch). num_epochs: default None (unbounded) when shuffling, else 1 (a sequential pass
+      must be finite). prefetch: batches prepared ahead in a background thread (0: none).
+    """
+    batch_size = _check_int("batch_size", batch_size, 1)
+    seed = _check_int("seed", seed, 0)
+    prefetch = _check_int("prefetch", prefetch, 0)
+    if shuffle is None:
+        shuffle = split == "train"
+    if num_epochs is not None:
+        num_epochs = _check_int("num_epochs", num_epochs, 1)
+    elif not shuffle:
+        num_epochs = 1
+    if not shuffle and num_epochs != 1:
+        raise ValueError(
+            f"num_epochs={num_epochs} is invalid without shuffling: a sequential pass is one epoch"
+        )
+    pidx, pcount = _resolve_process(process_index, process_count)
+    if batch_size % pcount:
+        raise ValueError(f"batch_size={batch_size} is invalid: expected a multiple of process_count={pcount}")
+    local = batch_size // pcount
+    data = PuzzleSplit(path, split, set_name)
+    probe = _Batches(
+        data,
+        global_batch=batch_size,
+        local_batch=local,
+        offset=pidx * local,
+        seed=seed,
+        shuffle=bool(shuffle),
+        num_batches=0,
+    )
+    E = probe.epoch_len
+    if shuffle:
+        num_batches = None if num_epochs is None else (num_epochs * E) // batch_size
+        if num_batches == 0:
+            raise ValueError(
+                f"batch_size={batch_size} is too large for {data.root / split}: {num_epochs} epoch(s) hold "
+                f"{num_epochs * E} examples, fewer than one batch"
+            )
+    else:
+        num_batches = math.ceil(E / batch_size)
+    src = _Batches(
+        data,
+        global_batch=batch_size,
+        local_batch=local,
+        offset=pidx * local,
+        seed=seed,
+        shuffle=bool(shuffle),
+        num_batches=num_batches,
+    )
+    read = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
+    it = PuzzleIterator(grain.MapDataset.source(src).to_iter_dataset(read).__iter__())
+    it.metadata, it.split = data.metadata, split
+    it.batch_size, it.local_batch_size, it.num_batches = batch_size, local, num_batches
+    it.epoch_examples, it.num_groups, it.num_examples = E, data.num_groups, data.num_examples
+    it.config = {
+        "split": split,
+        "batch_size": batch_size,
+        "seed": seed,
+        "shuffle": bool(shuffle),
+        "num_examples": data.num_examples,
+        "num_groups": data.num_groups,
+        "seq_len": data.metadata.seq_len,
+    }
+    return it
