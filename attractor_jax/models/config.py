@@ -2,8 +2,10 @@
 
 ``GPTConfig``, ``ParcaeConfig`` and ``AttractorConfig`` share the transformer fields of ``LMConfig``; the
 attractor adds its head and solver settings (``SolverConfig``, ``BackwardConfig``). Field names are the CLI's
-override keys (``d_model=256``, ``solver.tol=1e-4``). ``config_to_dict``/``config_from_dict`` round-trip a
-config (with its architecture name) through JSON for checkpoints and results files.
+override keys (``d_model=256``, ``solver.tol=1e-4``). The puzzle reasoners have their own configs with the
+reference's TRM field names: ``TRMConfig`` and ``AttractorReasonerConfig`` (TRM + solver settings).
+``config_to_dict``/``config_from_dict`` round-trip a config (with its architecture name) through JSON for
+checkpoints and results files.
 """
 
 from __future__ import annotations
@@ -239,7 +241,174 @@ class AttractorConfig(LMConfig):
             raise ValueError(f"attractor.gamma_max={self.gamma_max!r} must be > 0")
 
 
-CONFIG_CLASSES: dict[str, type[LMConfig]] = {c.arch: c for c in (GPTConfig, ParcaeConfig, AttractorConfig)}
+POS_ENCODINGS = ("rope", "learned", "none")
+REASONER_LOSSES = ("stablemax", "softmax")
+
+
+@dataclasses.dataclass(frozen=True)
+class TRMConfig:
+    """TRM-Att, the Tiny Recursive Model (Jolicoeur-Martineau 2025) as in the authors' ``trm/trm.py`` port.
+
+    One tiny network ``L_level`` (``L_layers`` post-norm blocks: non-causal attention with rotate-half RoPE,
+    SwiGLU, parameter-free RMSNorm) is used for both updates of an ACT step::
+
+        repeat H_cycles (the first H_cycles − 1 without gradient):
+            repeat L_cycles:  z_L ← L(z_L + z_H + x)
+            z_H ← L(z_H + z_L)
+
+    x = sqrt(hidden)·[puzzle-embedding prefix (puzzle_emb_len tokens); token embeddings]. Logits come from
+    ``lm_head(z_H)`` on the grid positions, the halting logits from ``q_head(z_H[:, 0])``. The carry (z_H,
+    z_L) is detached between ACT (deep-supervision) steps; rows that halt restart from the fixed random
+    ``H_init``/``L_init``. Training halts a row when ``q_halt > 0`` (``no_ACT_continue``; otherwise when
+    q_halt > q_continue, with a bootstrapped continue target) or after ``halt_max_steps``, with exploration
+    ``halt_exploration_prob``; evaluation always runs ``halt_max_steps`` steps.
+
+    ``puzzle_emb_ndim``: width of the per-puzzle embedding (None: ``hidden_size``; 0: no puzzle embedding),
+    spread over ``puzzle_emb_len`` prefix tokens (0: ceil(ndim / hidden)). ``num_puzzle_identifiers`` comes
+    from the dataset (1 for Sudoku-Extreme and Maze-Hard). ``mlp_t``: TRM's MLP-mixer variant (a SwiGLU over
+    the sequence axis replaces attention). ``out_init_scale`` multiplies the init std of the residual
+    branches' output projections (attention ``o``, SwiGLU ``down``; TRM: 1). ``dtype``: compute dtype of the
+    matrix products (parameters and the recurrent state stay float32). ``loss_type``: ``stablemax`` (TRM) or
+    ``softmax`` cross-entropy.
+    """
+
+    arch: ClassVar[str] = "trm"
+
+    name: str = ""
+    vocab_size: int = 11
+    seq_len: int = 81
+    num_puzzle_identifiers: int = 1
+    puzzle_emb_ndim: int | None = None
+    puzzle_emb_len: int = 16
+    hidden_size: int = 512
+    num_heads: int = 8
+    expansion: float = 4.0
+    L_layers: int = 2
+    H_cycles: int = 3
+    L_cycles: int = 6
+    halt_max_steps: int = 16
+    halt_exploration_prob: float = 0.1
+    no_ACT_continue: bool = True
+    mlp_t: bool = False
+    pos_encodings: str = "rope"
+    rope_theta: float = 10_000.0
+    rms_norm_eps: float = 1e-5
+    out_init_scale: float = 1.0
+    loss_type: str = "stablemax"
+    dtype: str = "float32"
+    attention_impl: str | None = None
+
+    def __post_init__(self):
+        owner = type(self).__name__
+        _check_positive(
+            owner,
+            vocab_size=self.vocab_size,
+            seq_len=self.seq_len,
+            num_puzzle_identifiers=self.num_puzzle_identifiers,
+            hidden_size=self.hidden_size,
+            num_heads=self.num_heads,
+            L_layers=self.L_layers,
+            H_cycles=self.H_cycles,
+            halt_max_steps=self.halt_max_steps,
+        )
+        for k in ("L_cycles", "puzzle_emb_len"):
+            v = getattr(self, k)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+                raise ValueError(f"{owner}.{k}={v!r} must be an int >= 0")
+        if self.puzzle_emb_ndim is not None and not (
+            isinstance(self.puzzle_emb_ndim, int) and self.puzzle_emb_ndim >= 0
+        ):
+            raise ValueError(f"{owner}.puzzle_emb_ndim={self.puzzle_emb_ndim!r} must be None or an int >= 0")
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(
+                f"{owner}: hidden_size={self.hidden_size} must split into num_heads={self.num_heads} "
+                "heads of even size (RoPE)"
+            )
+        if not 0.0 <= self.halt_exploration_prob <= 1.0:
+            raise ValueError(
+                f"{owner}.halt_exploration_prob={self.halt_exploration_prob!r} must be in [0, 1]"
+            )
+        if not self.out_init_scale >= 0:
+            raise ValueError(f"{owner}.out_init_scale={self.out_init_scale!r} must be >= 0")
+        if not self.expansion > 0:
+            raise ValueError(f"{owner}.expansion={self.expansion!r} must be > 0")
+        if self.puzzle_ndim > self.puzzle_len * self.hidden_size:
+            raise ValueError(
+                f"{owner}: puzzle_emb_ndim={self.puzzle_ndim} does not fit in "
+                f"puzzle_emb_len={self.puzzle_emb_len} tokens of width {self.hidden_size}"
+            )
+        _check_choice(self.arch, "pos_encodings", self.pos_encodings, POS_ENCODINGS)
+        _check_choice(self.arch, "loss_type", self.loss_type, REASONER_LOSSES)
+        _check_choice(self.arch, "dtype", self.dtype, DTYPES)
+        _check_choice(self.arch, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
+
+    @property
+    def puzzle_ndim(self) -> int:
+        """Width of one puzzle-embedding row (0: none)."""
+        return self.hidden_size if self.puzzle_emb_ndim is None else self.puzzle_emb_ndim
+
+    @property
+    def puzzle_len(self) -> int:
+        """Prefix tokens taken by the puzzle embedding: ``puzzle_emb_len``, or ceil(ndim / hidden) when that
+        is 0; none without a puzzle embedding."""
+        if self.puzzle_ndim == 0:
+            return 0
+        if self.puzzle_emb_len:
+            return self.puzzle_emb_len
+        return -(self.puzzle_ndim // -self.hidden_size)
+
+    @property
+    def total_len(self) -> int:
+        """Length of the recurrent state: puzzle prefix + grid."""
+        return self.seq_len + self.puzzle_len
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class AttractorReasonerConfig(TRMConfig):
+    """The Attractor reasoner: TRM's outer structure with every inner z_L recursion replaced by the solved
+    equilibrium
+
+        z_L* = L(z_L* + z_H + x),      solved by ``attractor_jax.fixed_point`` from the carried z_L,
+
+    (``solver``: Anderson by default) and differentiated in the last H cycle by ``backward`` (phantom
+    gradient, k = 2 steps from the detached z_L*, by default; Neumann/IFT/unrolled are available).
+    ``L_cycles`` is unused. ``jacobian_weight`` > 0 adds λ·||∂f/∂z||²_F / dim (Hutchinson,
+    ``jacobian_samples`` probes) at the last cycle's z_L* to the loss, in training only. ``out_init_scale``
+    defaults to 1/sqrt(2·8): with TRM's init (1.0) the 8-layer map is expansive at initialisation and no
+    solver converges.
+    ``max_iter=0`` at call time removes the solver: z_L is left at its carried value (the map is not
+    applied); 1 and 2 take that many plain steps. With ``dtype="bfloat16"`` the map itself is only accurate
+    to ~2e-3 (relative), so ``solver.tol`` must be at least ~3e-3 or the solver runs to ``max_iter``.
+    """
+
+    arch: ClassVar[str] = "attractor_reasoner"
+
+    L_layers: int = 8
+    out_init_scale: float = 0.25
+    solver: SolverConfig = SolverConfig(kind="anderson", max_iter=24, min_iter=0, tol=1e-3, m=5, beta=1.0)
+    backward: BackwardConfig = BackwardConfig(kind="phantom", k=2)
+    jacobian_weight: float = 0.0
+    jacobian_samples: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.jacobian_weight >= 0:
+            raise ValueError(f"attractor_reasoner.jacobian_weight={self.jacobian_weight!r} must be >= 0")
+        _check_positive("AttractorReasonerConfig", jacobian_samples=self.jacobian_samples)
+        if not isinstance(self.solver, SolverConfig) or not isinstance(self.backward, BackwardConfig):
+            raise ValueError("attractor_reasoner: solver/backward must be SolverConfig/BackwardConfig")
+
+
+REASONER_CONFIGS = (TRMConfig, AttractorReasonerConfig)
+ModelConfig = LMConfig | TRMConfig
+
+CONFIG_CLASSES: dict[str, type] = {
+    c.arch: c for c in (GPTConfig, ParcaeConfig, AttractorConfig, TRMConfig, AttractorReasonerConfig)
+}
 _NESTED = {"solver": SolverConfig, "backward": BackwardConfig}
 
 

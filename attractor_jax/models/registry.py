@@ -1,4 +1,5 @@
-"""``create_model``/``list_presets`` and parameter accounting without allocation (``nnx.eval_shape``)."""
+"""``create_model``/``list_presets`` and parameter accounting without allocation (``nnx.eval_shape``), for the
+language models and the puzzle reasoners (TRM, Attractor reasoner)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,34 @@ from flax import nnx
 
 from attractor_jax.models.attractor import AttractorLM
 from attractor_jax.models.config import (
+    REASONER_CONFIGS,
     AttractorConfig,
+    AttractorReasonerConfig,
     GPTConfig,
     LMConfig,
     ParcaeConfig,
+    TRMConfig,
     apply_overrides,
     config_to_dict,
 )
 from attractor_jax.models.gpt import GPT
 from attractor_jax.models.parcae import Parcae
 from attractor_jax.models.presets import PRESETS, REFERENCE_PARAMS
+from attractor_jax.models.reasoner import TRM, AttractorReasoner
 
-MODEL_CLASSES = {AttractorConfig: AttractorLM, GPTConfig: GPT, ParcaeConfig: Parcae}
+MODEL_CLASSES = {
+    AttractorConfig: AttractorLM,
+    GPTConfig: GPT,
+    ParcaeConfig: Parcae,
+    TRMConfig: TRM,
+    AttractorReasonerConfig: AttractorReasoner,
+}
+CONFIG_TYPES = (LMConfig, *REASONER_CONFIGS)
+
+
+def is_reasoner(cfg: Any) -> bool:
+    """True for the puzzle reasoners' configs (``TRMConfig`` and its subclasses)."""
+    return isinstance(cfg, REASONER_CONFIGS)
 
 
 def list_presets() -> list[str]:
@@ -34,7 +51,7 @@ def list_presets() -> list[str]:
 def get_config(name: str | LMConfig, **overrides: Any) -> LMConfig:
     """The preset's config (or a given config) with plain/dotted field overrides (``d_model=64``,
     ``**{"solver.tol": 1e-5}``). Unknown presets or fields raise ValueError naming the valid ones."""
-    if isinstance(name, LMConfig):
+    if isinstance(name, CONFIG_TYPES):
         cfg = name
     elif name in PRESETS:
         cfg = PRESETS[name]
@@ -75,6 +92,17 @@ _NON_PARAM_FIELDS = (
     "mean_backprop_depth",
     "sampling",
     "state_init",
+    # puzzle reasoners
+    "H_cycles",
+    "L_cycles",
+    "halt_max_steps",
+    "halt_exploration_prob",
+    "no_ACT_continue",
+    "rope_theta",
+    "rms_norm_eps",
+    "loss_type",
+    "jacobian_weight",
+    "jacobian_samples",
 )
 
 
@@ -114,6 +142,14 @@ def abstract_model(cfg: LMConfig) -> nnx.Module:
 def _group(cfg: LMConfig, path: tuple) -> tuple[str, str]:
     """(coarse group, detail group) of a parameter path."""
     top = str(path[0])
+    if is_reasoner(cfg):
+        if top in ("embed_tokens", "embed_pos"):
+            return "embedding", top
+        if top == "puzzle_emb":
+            return "puzzle_embedding", "puzzle_embedding"
+        if top == "L_level":
+            return "blocks", "mlp_t" if "mlp_t" in map(str, path) else "blocks"
+        return "heads", top
     if top == "embed":
         return "embedding", "embedding"
     if top == "value_embeds":
@@ -139,20 +175,36 @@ def param_counts(cfg: LMConfig) -> dict[str, Any]:
     """Total and grouped parameter counts of ``cfg``'s model, from abstract shapes (no allocation).
 
     ``split``: embedding / value_embeddings / backbone / head / other; ``detail``: finer groups (e.g. Parcae's
-    prelude/core/coda/injection/C, the attractor's head blocks vs gates).
+    prelude/core/coda/injection/C, the attractor's head blocks vs gates). For the puzzle reasoners ``split``
+    is embedding / puzzle_embedding / blocks / heads, and ``total_without_puzzle_embedding`` is the number
+    the reference logs print (its puzzle embedding is a buffer, not a parameter).
     """
     state = nnx.state(abstract_model(cfg), nnx.Param)
-    split = {"embedding": 0, "value_embeddings": 0, "backbone": 0, "head": 0, "other": 0}
+    if is_reasoner(cfg):
+        split = {"embedding": 0, "puzzle_embedding": 0, "blocks": 0, "heads": 0}
+    else:
+        split = {"embedding": 0, "value_embeddings": 0, "backbone": 0, "head": 0, "other": 0}
     detail: dict[str, int] = {}
     for path, var in nnx.to_flat_state(state):
         n = math.prod(var.get_value().shape)
         coarse, fine = _group(cfg, path)
         split[coarse] += n
         detail[fine] = detail.get(fine, 0) + n
-    return {"total": sum(split.values()), "split": split, "detail": detail}
+    out = {"total": sum(split.values()), "split": split, "detail": detail}
+    if is_reasoner(cfg):
+        out["total_without_puzzle_embedding"] = out["total"] - split["puzzle_embedding"]
+    return out
 
 
 def _depth_settings(cfg: LMConfig) -> dict[str, Any] | None:
+    if is_reasoner(cfg):
+        keys = ("H_cycles", "L_cycles", "halt_max_steps", "halt_exploration_prob")
+        rec = {k: getattr(cfg, k) for k in keys}
+        out = {"recursion": rec}
+        if isinstance(cfg, AttractorReasonerConfig):
+            out.update(solver=dataclasses.asdict(cfg.solver), backward=dataclasses.asdict(cfg.backward))
+            rec.pop("L_cycles")
+        return out
     if isinstance(cfg, AttractorConfig):
         return {"solver": dataclasses.asdict(cfg.solver), "backward": dataclasses.asdict(cfg.backward)}
     if isinstance(cfg, ParcaeConfig):
@@ -182,9 +234,57 @@ def preset_summary(name: str | LMConfig, **overrides: Any) -> dict[str, Any]:
     }
 
 
+def _solver_lines(d: dict) -> list[str]:
+    sv, bw = d["solver"], d["backward"]
+    line = (
+        f"  solver: {sv['kind']} max_iter={sv['max_iter']} min_iter={sv['min_iter']} tol={sv['tol']:g} "
+        f"m={sv['m']} beta={sv['beta']}"
+    )
+    bwd = f"  backward: {bw['kind']}"
+    if bw["kind"] == "neumann":
+        bwd += f" k={bw['k']} clip={bw['clip']}"
+    elif bw["kind"] == "ift":
+        bwd += f" solver={bw['solver']} max_iter={bw['max_iter']} tol={bw['tol']}"
+    elif bw["kind"] == "phantom":
+        bwd += f" k={bw['k']} damping={bw['damping']}"
+    return [line, bwd]
+
+
+def _describe_reasoner(s: dict) -> str:
+    cfg, total = s["config"], s["total"]
+    lines = [
+        f"{s['name'] or '(custom)'}  [{s['arch']}]  hidden={cfg['hidden_size']} heads={cfg['num_heads']} "
+        f"L_layers={cfg['L_layers']} vocab={cfg['vocab_size']} seq_len={cfg['seq_len']} "
+        f"puzzle_emb_len={cfg['puzzle_emb_len']} dtype={cfg['dtype']}",
+        f"  parameters: {total:,}",
+    ]
+    for k, v in s["split"].items():
+        lines.append(f"    {k:<17}{v:>15,}  {100.0 * v / total:5.1f}%")
+    if s["reference_total"]:
+        mine = s["total_without_puzzle_embedding"]
+        dev = 100.0 * (mine - s["reference_total"]) / s["reference_total"]
+        lines.append(
+            f"    reference total  {s['reference_total']:>15,}  ({dev:+.2f}% vs {mine:,} without the puzzle "
+            "embedding, a buffer in the reference)"
+        )
+    d = s["depth"]
+    r = d["recursion"]
+    inner = "solved z_L" if "solver" in d else f"L_cycles={r['L_cycles']}"
+    lines.append(
+        f"  recursion: H_cycles={r['H_cycles']} {inner}; ACT halt_max_steps={r['halt_max_steps']} "
+        f"exploration={r['halt_exploration_prob']}; mlp_t={cfg['mlp_t']} pos={cfg['pos_encodings']}"
+    )
+    if "solver" in d:
+        lines += _solver_lines(d)
+        lines.append(f"  jacobian penalty: {cfg['jacobian_weight']:g} ({cfg['jacobian_samples']} probe(s))")
+    return "\n".join(lines)
+
+
 def describe_preset(name: str | LMConfig, **overrides: Any) -> str:
     """Human-readable parameter split and solver settings (what ``attractor-jax info --preset`` prints)."""
     s = preset_summary(name, **overrides)
+    if s["arch"] in ("trm", "attractor_reasoner"):
+        return _describe_reasoner(s)
     total = s["total"]
     cfg = s["config"]
     lines = [
@@ -200,19 +300,7 @@ def describe_preset(name: str | LMConfig, **overrides: Any) -> str:
         lines.append(f"    reference total  {s['reference_total']:>15,}  ({dev:+.2f}%)")
     d = s["depth"]
     if d and "solver" in d:
-        sv, bw = d["solver"], d["backward"]
-        lines.append(
-            f"  solver: {sv['kind']} max_iter={sv['max_iter']} min_iter={sv['min_iter']} tol={sv['tol']:g} "
-            f"m={sv['m']} beta={sv['beta']}"
-        )
-        bwd = f"  backward: {bw['kind']}"
-        if bw["kind"] == "neumann":
-            bwd += f" k={bw['k']} clip={bw['clip']}"
-        elif bw["kind"] == "ift":
-            bwd += f" solver={bw['solver']} max_iter={bw['max_iter']} tol={bw['tol']}"
-        elif bw["kind"] == "phantom":
-            bwd += f" k={bw['k']} damping={bw['damping']}"
-        lines.append(bwd)
+        lines += _solver_lines(d)
         lines.append(
             f"  head: {cfg['n_fp_blocks']} block(s), gates init {cfg['layer_scale_init']} / max "
             f"{cfg['gamma_max']}; backbone {cfg['n_backbone_layers']} layers"
