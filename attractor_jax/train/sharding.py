@@ -93,14 +93,21 @@ def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
     return P(*out)
 
 
-def state_shardings(state: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
-    """NamedShardings for an NNX state (arrays or ShapeDtypeStructs) from its parameters' logical axis names."""
+def state_shardings(tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
+    """NamedShardings for a pytree holding NNX variables (parameters, or optimizer moments that mirror them),
+    as arrays or ShapeDtypeStructs, from the variables' logical axis names. Leaves without axis names (step
+    counters, scalars) are replicated; empty nodes (``optax.MaskedNode``) pass through."""
     with nnx.logical_axis_rules(rules):
-        specs = nnx.get_partition_spec(state)
-    return jax.tree_util.tree_map(
-        lambda x, s: NamedSharding(mesh, _fit(s, tuple(x.shape), mesh)), state, specs,
-        is_leaf=lambda v: isinstance(v, P),
-    )
+        specs = nnx.get_partition_spec(tree)
+
+    def one(spec, x):
+        if not jax.tree_util.tree_leaves(x):  # an empty node such as optax.MaskedNode
+            return x
+        if isinstance(spec, P):
+            return NamedSharding(mesh, _fit(spec, tuple(x.shape), mesh))
+        return jax.tree_util.tree_map(lambda _: replicated(mesh), x)
+
+    return jax.tree_util.tree_map(one, specs, tree, is_leaf=lambda v: isinstance(v, P))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

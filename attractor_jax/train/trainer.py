@@ -251,7 +251,9 @@ def make_steps(graphdef, optimizer: optax.GradientTransformation, grad_accum: in
         if grad_accum == 1:
             (loss, metrics), grads = grad_fn(state.params, batch["inputs"], batch["targets"], key)
         else:
-            micro = jax.tree_util.tree_map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
+            # Micro-batch i takes rows i, i + K, i + 2K, ...: each stays spread over every data-parallel device.
+            micro = jax.tree_util.tree_map(
+                lambda x: x.reshape(-1, grad_accum, *x.shape[1:]).swapaxes(0, 1), batch)
 
             def body(acc, xs):
                 i, mb = xs
@@ -397,16 +399,7 @@ def setup(run: RunConfig, devices=None) -> Setup:
 
     abstract_state = jax.eval_shape(init)
     param_sh = shd.state_shardings(abstract_state.params, mesh)
-    # Optimizer moments mirror the parameter tree; shard them like their parameter where the structure allows.
-    opt_sh = jax.tree_util.tree_map(lambda _: shd.replicated(mesh), abstract_state.opt_state)
-    try:
-        with nnx.logical_axis_rules(shd.LOGICAL_RULES):
-            specs = nnx.get_partition_spec(abstract_state.opt_state)
-        opt_sh = jax.tree_util.tree_map(
-            lambda x, s: jax.sharding.NamedSharding(mesh, shd._fit(s, tuple(x.shape), mesh)),
-            abstract_state.opt_state, specs, is_leaf=lambda v: isinstance(v, jax.sharding.PartitionSpec))
-    except Exception:  # noqa: BLE001 - replicated optimizer state is always valid
-        pass
+    opt_sh = shd.state_shardings(abstract_state.opt_state, mesh)  # moments sharded like their parameters
     state_sh = TrainState(params=param_sh, opt_state=opt_sh, step=shd.replicated(mesh), rng=shd.replicated(mesh))
     return Setup(model_cfg, mesh, graphdef, optimizer, init, abstract_state, state_sh)
 
