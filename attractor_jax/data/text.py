@@ -483,15 +483,20 @@ class TextIterator(grain.DatasetIterator):
     config: dict[str, Any]
 
     def _check_config(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or "config" not in state:
-            raise ValueError(
-                f"not a text-pipeline iterator state: expected a dict with a 'config' key, got {state!r}"
-            )
-        saved = state["config"]
-        diff = {k: (saved.get(k), v) for k, v in self.config.items() if saved.get(k) != v}
-        if diff:
-            detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"data iterator state belongs to a different text pipeline ({detail})")
+        check_state_fingerprint(self.config, state, "text")
+
+
+def check_state_fingerprint(config: dict[str, Any], state: Any, kind: str, required: tuple = ("config",)) -> None:
+    """Raise ValueError unless ``state`` is a dict with ``required`` keys whose ``config`` equals ``config``
+    (a pipeline's fingerprint): restoring another pipeline's position must fail loudly, not resume wrong."""
+    if not isinstance(state, dict) or any(k not in state for k in required):
+        raise ValueError(f"not a {kind}-pipeline iterator state: expected a dict with keys {list(required)}, "
+                         f"got {state!r}")
+    saved = state["config"]
+    diff = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
+    if diff:
+        detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"data iterator state belongs to a different {kind} pipeline ({detail})")
 
 
 class _MapTextIterator(TextIterator):

@@ -42,7 +42,7 @@ from attractor_jax.data.puzzles.common import (
     PuzzleDatasetMetadata,
     load_puzzle_metadata,
 )
-from attractor_jax.data.text import _check_int, _resolve_process
+from attractor_jax.data.text import _check_int, _resolve_process, check_state_fingerprint
 
 __all__ = ["PuzzleIterator", "load_puzzle_split", "make_puzzle_pipeline"]
 
@@ -231,16 +231,7 @@ class PuzzleIterator(grain.DatasetIterator):
         return {"grain": self._parent.get_state(), "config": dict(self.config)}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or "config" not in state or "grain" not in state:
-            raise ValueError(
-                f"not a puzzle-pipeline iterator state: expected a dict with 'grain' and 'config', "
-                f"got {state!r}"
-            )
-        saved = state["config"]
-        diff = {k: (saved.get(k), v) for k, v in self.config.items() if saved.get(k) != v}
-        if diff:
-            detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"data iterator state belongs to a different puzzle pipeline ({detail})")
+        check_state_fingerprint(self.config, state, "puzzle", required=("grain", "config"))
         self._parent.set_state(state["grain"])
 
     @property
