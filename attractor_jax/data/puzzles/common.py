@@ -456,3 +456,23 @@ def rating_summary(values: Sequence[int]) -> dict[str, Any]:
         "max": int(v.max()),
         "buckets": buckets,
     }
+
+
+def subsample_rows(rng: np.random.Generator, k: int | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``k`` rows (seeded, kept in their original order) of equally long arrays; all rows when ``k`` is None or
+    not smaller than their length."""
+    if k is None or k >= len(arrays[0]):
+        return arrays
+    pick = np.sort(rng.choice(len(arrays[0]), k, replace=False))
+    return tuple(a[pick] for a in arrays)
+
+
+def csv_builder_record(kind: str, source: str | os.PathLike, paths: dict[str, pathlib.Path],
+                       flags: dict[str, Any]) -> dict[str, Any]:
+    """The ``builder.json`` record of a CSV-sourced build: source, input files with their sha256, and flags."""
+    return {
+        "builder": kind,
+        "source": os.fspath(source),
+        "files": {s: {"path": str(p), "sha256": sha256_file(p)} for s, p in paths.items()},
+        "flags": flags,
+    }

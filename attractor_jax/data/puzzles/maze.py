@@ -42,11 +42,12 @@ from attractor_jax.data.puzzles.common import (
     Validation,
     check_nonneg,
     check_output_free,
+    csv_builder_record,
     dihedral_transform,
     grouped_single_examples,
     read_puzzle_csv,
     resolve_csv,
-    sha256_file,
+    subsample_rows,
     write_dataset,
 )
 
@@ -404,27 +405,19 @@ def build_maze_dataset(
         if n is not None and q.shape[1] != n:
             raise ValueError(f"{path}: {q.shape[1]}x{q.shape[1]} mazes, but the train split has {n}x{n}")
         n = q.shape[1]
-        k = subsample_size if split == "train" else test_subsample_size
-        if k is not None and k < len(q):
-            pick = np.sort(rng.choice(len(q), k, replace=False))
-            q, a = q[pick], a[pick]
+        q, a = subsample_rows(rng, subsample_size if split == "train" else test_subsample_size, q, a)
         tids = range(8) if (split == "train" and aug) else range(1)
         ins = np.stack([dihedral_transform(q, t) for t in tids], 1).reshape(-1, n * n)
         labs = np.stack([dihedral_transform(a, t) for t in tids], 1).reshape(-1, n * n)
         splits[split] = grouped_single_examples(ins, labs, per_group=len(tids))
-    builder = {
-        "builder": "maze",
-        "source": os.fspath(source),
-        "files": {s: {"path": str(p), "sha256": sha256_file(p)} for s, p in paths.items()},
-        "flags": {
-            "train_csv": train_csv,
-            "test_csv": test_csv,
-            "subsample_size": subsample_size,
-            "test_subsample_size": test_subsample_size,
-            "aug": aug,
-            "seed": seed,
-        },
-    }
+    builder = csv_builder_record("maze", source, paths, {
+        "train_csv": train_csv,
+        "test_csv": test_csv,
+        "subsample_size": subsample_size,
+        "test_subsample_size": test_subsample_size,
+        "aug": aug,
+        "seed": seed,
+    })
     return write_dataset(
         output,
         splits,

@@ -48,10 +48,11 @@ from attractor_jax.data.puzzles.common import (
     Validation,
     check_nonneg,
     check_output_free,
+    csv_builder_record,
     grouped_single_examples,
     read_puzzle_csv,
     resolve_csv,
-    sha256_file,
+    subsample_rows,
     write_dataset,
 )
 
@@ -577,10 +578,7 @@ def build_sudoku_dataset(
     splits = {}
     for split, path in paths.items():
         q, a = _load_sudoku_csv(path, min_rating)
-        n = subsample_size if split == "train" else test_subsample_size
-        if n is not None and n < len(q):
-            pick = np.sort(rng.choice(len(q), n, replace=False))
-            q, a = q[pick], a[pick]
+        q, a = subsample_rows(rng, subsample_size if split == "train" else test_subsample_size, q, a)
         k = num_aug if split == "train" else 0
         ins = np.empty((len(q), 1 + k, 81), np.uint8)
         labs = np.empty_like(ins)
@@ -592,20 +590,15 @@ def build_sudoku_dataset(
         splits[split] = grouped_single_examples(
             ins.reshape(-1, 81) + 1, labs.reshape(-1, 81) + 1, per_group=1 + k
         )
-    builder = {
-        "builder": "sudoku",
-        "source": os.fspath(source),
-        "files": {s: {"path": str(p), "sha256": sha256_file(p)} for s, p in paths.items()},
-        "flags": {
-            "train_csv": train_csv,
-            "test_csv": test_csv,
-            "subsample_size": subsample_size,
-            "test_subsample_size": test_subsample_size,
-            "num_aug": num_aug,
-            "min_rating": min_rating,
-            "seed": seed,
-        },
-    }
+    builder = csv_builder_record("sudoku", source, paths, {
+        "train_csv": train_csv,
+        "test_csv": test_csv,
+        "subsample_size": subsample_size,
+        "test_subsample_size": test_subsample_size,
+        "num_aug": num_aug,
+        "min_rating": min_rating,
+        "seed": seed,
+    })
     return write_dataset(
         output,
         splits,
