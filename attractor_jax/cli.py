@@ -42,7 +42,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         import jax
 
         jax.distributed.initialize()  # multi-host: coordinator from the TPU/SLURM environment
-    run = RunConfig(model=get_config(args.preset))
+    run = RunConfig.for_model(get_config(args.preset))
     run = dataclasses.replace(run, data=dataclasses.replace(run.data, path=args.data))
     changes = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("mesh", args.mesh),
                                  ("log_every", args.log_every)) if v is not None}
@@ -52,7 +52,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         run = apply_sets(run, args.set)
     summary = train(run, args.workdir)
-    keys = [k for k in ("step", "loss", "val_loss", "tokens_per_s") if k in summary]
+    keys = [k for k in ("step", "loss", "val_loss", "tokens_per_s", "eval_exact_full", "eval_cell_full",
+                        "eval_exact_0", "eval_cell_0") if k in summary]
     print("done: " + ", ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}"
                                 for k in keys))
     return 0
@@ -77,6 +78,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from attractor_jax.train.trainer import evaluate
 
     res = evaluate(args.workdir, depths=_parse_depths(args.max_iter), data_path=args.data, batches=args.batches)
+    if any("exact" in r for r in res["depths"].values()):  # a puzzle reasoner
+        from attractor_jax.train.puzzle_trainer import format_eval
+
+        print(format_eval(res))
+        return 0
     print(f"step {res['step']}: validation loss by solver depth")
     for depth, r in res["depths"].items():
         extra = f"  f-evals/token {r['solver_iters']:.2f}" if "solver_iters" in r else ""
@@ -125,7 +131,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "generate-sudoku":
         rows = pz.generate_sudoku(args.count, min_rating=args.min_rating, seed=args.seed,
                                   workers=args.workers, exclude=pz.sudoku_exclusions(exclude_paths),
-                                  progress=args.progress)
+                                  progress=args.progress, blanks=args.blanks)
         what = "sudokus"
     else:
         rows = pz.generate_maze(args.count, size=args.size, min_path=args.min_path, seed=args.seed,
@@ -178,6 +184,9 @@ def _add_data_parser(sub) -> None:
         if name == "generate-sudoku":
             g.add_argument("--min-rating", type=int, default=10,
                            help="keep puzzles rated >= this (guesses; 0 keeps every random minimal puzzle)")
+            g.add_argument("--blanks", type=int,
+                           help="easy puzzles: stop at this many blank cells (still one solution) instead of "
+                                "making the puzzle minimal")
         else:
             g.add_argument("--min-path", type=int, default=110,
                            help="keep mazes whose shortest path is longer than this (moves)")
@@ -195,9 +204,11 @@ def _add_data_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attractor-jax", description="Attractor Models in JAX/Flax.")
     sub = p.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train", help="train (or resume) a preset on text data in a work directory")
+    tr = sub.add_parser("train", help="train (or resume) a preset in a work directory: a language model on text, "
+                                      "a puzzle reasoner (trm-*, attractor-sudoku/maze-*) on a built puzzle dataset")
     tr.add_argument("--preset", required=True, help="model preset, e.g. attractor-tiny (see `info`)")
-    tr.add_argument("--data", required=True, help="text file, folder, glob, .jsonl/.parquet, or hf://OWNER/NAME")
+    tr.add_argument("--data", required=True, help="text file, folder, glob, .jsonl/.parquet, or hf://OWNER/NAME; "
+                                                   "for a reasoner: a puzzle dataset folder (attractor-jax data ...)")
     tr.add_argument("--workdir", required=True, help="run folder: config, checkpoints, metrics.jsonl")
     tr.add_argument("--steps", type=int, help="total optimizer steps (a larger value continues a finished run)")
     tr.add_argument("--seed", type=int)
@@ -208,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a config field: model.FIELD, train.FIELD, optim.FIELD, data.FIELD (repeatable)")
     tr.set_defaults(func=_cmd_train)
-    ev = sub.add_parser("eval", help="validation loss of a run's latest checkpoint at several solver depths")
+    ev = sub.add_parser("eval", help="validation loss (LM) or test exact/cell accuracy (reasoner) of a run's latest "
+                                     "checkpoint at several solver depths")
     ev.add_argument("--workdir", required=True)
     ev.add_argument("--max-iter", help="comma-separated depths, e.g. 0,1,2,4,full (default: the run's)")
     ev.add_argument("--data", help="evaluate on this data instead of the run's validation split")

@@ -306,26 +306,81 @@ def make_reasoner_train_step(graphdef, optimizer: optax.GradientTransformation, 
 
 def make_reasoner_eval_step(graphdef):
     """Pure ``eval_step(params, buffers, batch, max_iter=None) -> metrics`` over ``model.predict`` (all
-    ``halt_max_steps`` steps, every row counted): per-row sums ``exact`` and ``cell`` with ``count`` (rows),
-    ``nfe`` (L_level applications summed over rows) and the solver summaries of the last step. Pass the EMA
-    params to evaluate the EMA model; ``max_iter`` must be static (``jax.jit(..., static_argnums=3)``)."""
+    ``halt_max_steps`` steps in eval mode, no halting or exploration). Every metric is a sum over the batch's
+    real rows (``batch["mask"]``; all rows when absent) — add them over batches and divide by ``count``:
+
+    ``count`` (rows), ``exact`` (whole grid right at the last step), ``cell`` (per-row fraction of supervised
+    cells right), ``exact_by_step``/``cell_by_step`` [S] (the same after each supervision step), ``copy_cell``
+    (cell accuracy of copying the input grid: the givens-only baseline), ``nfe`` (L_level applications per
+    row), and for the Attractor ``solver_iters``/``solver_residual``/``solver_converged``/``solver_diverged``
+    (each summed over the S·H_cycles solves of a row; divide by ``count·S·H``) and ``solver_residual_max``
+    (a max). Pass the EMA params to evaluate the EMA model; ``max_iter`` must be static
+    (``jax.jit(..., static_argnums=3)``).
+    """
 
     def eval_step(params, buffers, batch, max_iter=None):
         model = nnx.merge(graphdef, params, buffers)
         out = model.predict(batch, max_iter=max_iter)
-        acc = puzzle_accuracy(out["preds"], batch["labels"])
+        labels = jnp.asarray(batch["labels"])
+        b = labels.shape[0]
         f32 = jnp.float32
+        mask = jnp.asarray(batch["mask"], bool) if "mask" in batch else jnp.ones((b,), bool)
+        w = mask.astype(f32)
+        acc = puzzle_accuracy(out["preds"], labels)
+        steps = jax.vmap(lambda p: puzzle_accuracy(p, labels))(out["step_preds"])
+        copy = puzzle_accuracy(jnp.asarray(batch["inputs"]), labels)
         metrics = {
-            "count": jnp.asarray(acc["exact"].shape[0], f32),
-            "exact": jnp.sum(acc["exact"]).astype(f32),
-            "cell": jnp.sum(acc["cell"]),
-            "nfe": jnp.sum(out["nfe"]).astype(f32),
+            "count": jnp.sum(w),
+            "exact": jnp.sum(acc["exact"] * w),
+            "cell": jnp.sum(acc["cell"] * w),
+            "exact_by_step": jnp.sum(steps["exact"] * w, axis=-1),
+            "cell_by_step": jnp.sum(steps["cell"] * w, axis=-1),
+            "copy_cell": jnp.sum(copy["cell"] * w),
+            "nfe": jnp.sum(out["nfe"].astype(f32) * w),
         }
-        last = {k: v[-1] for k, v in out.items() if k.startswith("solver_")}
-        metrics.update({k: v for k, v in solver_metrics(last).items() if k != "nfe"})
+        if "solver_iterations" in out:  # [S, H, B]
+            res = out["solver_residual"]
+            res = jnp.where(jnp.isfinite(res), res, jnp.inf)
+            metrics.update(
+                solver_iters=jnp.sum(out["solver_iterations"].astype(f32) * w),
+                solver_residual=jnp.sum(jnp.where(jnp.isfinite(res), res, 0.0) * w),
+                solver_residual_max=jnp.max(jnp.where(mask, res, 0.0)),
+                solver_converged=jnp.sum(out["solver_converged"].astype(f32) * w),
+                solver_diverged=jnp.sum(out["solver_diverged"].astype(f32) * w),
+            )
         return metrics
 
     return eval_step
+
+
+def summarize_eval(rows: list[dict], solves_per_row: int = 1) -> dict:
+    """Combine ``make_reasoner_eval_step`` sums over batches into means (``exact``, ``cell``, ``copy_cell``,
+    ``nfe`` per puzzle, ``exact_by_step``/``cell_by_step`` lists, solver means per solve; ``solves_per_row``
+    = halt_max_steps · H_cycles) and ``count``."""
+    import numpy as np
+
+    tot: dict = {}
+    for r in rows:
+        for k, v in r.items():
+            v = np.asarray(v, np.float64)
+            if k == "solver_residual_max":
+                tot[k] = np.maximum(tot.get(k, 0.0), v)
+            else:
+                tot[k] = tot.get(k, 0.0) + v
+    n = max(float(tot.get("count", 0.0)), 1.0)
+    out: dict = {"count": int(tot.get("count", 0))}
+    for k, v in tot.items():
+        if k in ("count",):
+            continue
+        if k == "solver_residual_max":
+            out[k] = float(v)
+        elif k.startswith("solver_"):
+            out[k] = float(v / (n * solves_per_row))
+        elif np.ndim(v):
+            out[k] = [float(x) for x in v / n]
+        else:
+            out[k] = float(v / n)
+    return out
 
 
 __all__ = [
@@ -343,5 +398,6 @@ __all__ = [
     "puzzle_param_labels",
     "reference_optim_config",
     "sparse_sign_sgd",
+    "summarize_eval",
     "trm_schedule",
 ]

@@ -36,11 +36,13 @@ import optax
 from flax import nnx
 
 from attractor_jax.models import build_model, config_from_dict, config_to_dict, get_config, param_counts
-from attractor_jax.models.config import LMConfig
+from attractor_jax.models.config import LMConfig, TRMConfig
+from attractor_jax.models.registry import is_reasoner
 from attractor_jax.train import sharding as shd
 from attractor_jax.train.checkpoint import Checkpointer
 from attractor_jax.train.metrics import MetricsWriter, backward_vjps, flops_per_token, peak_flops
 from attractor_jax.train.optim import OptimConfig, make_optimizer, optimizer_metrics
+from attractor_jax.train.puzzle_optim import PuzzleOptimConfig, reference_optim_config
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +109,21 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    model: LMConfig
+    """A run: model config, loop settings, optimizer and data. Language models take an `OptimConfig`; the
+    puzzle reasoners (``TRMConfig``/``AttractorReasonerConfig``) take a `PuzzleOptimConfig` (TRM's recipe).
+    `RunConfig.for_model(cfg)` picks the right default optimizer."""
+
+    model: LMConfig | TRMConfig
     train: TrainConfig = TrainConfig()
-    optim: OptimConfig = OptimConfig()
+    optim: OptimConfig | PuzzleOptimConfig = OptimConfig()
     data: DataConfig = DataConfig()
+
+    @classmethod
+    def for_model(cls, model: LMConfig | TRMConfig, **sections: Any) -> "RunConfig":
+        """A run for ``model`` with the default optimizer of its kind (the reference's settings)."""
+        if is_reasoner(model) and "optim" not in sections:
+            sections["optim"] = reference_optim_config(model)
+        return cls(model=model, **sections)
 
     def to_dict(self) -> dict:
         return {"model": config_to_dict(self.model), "train": dataclasses.asdict(self.train),
@@ -127,8 +140,10 @@ class RunConfig:
                 out[k] = tuple(v) if isinstance(v, list) else v
             return kind(**out)
 
-        return cls(model=config_from_dict(d["model"]), train=build(TrainConfig, d.get("train", {})),
-                   optim=build(OptimConfig, d.get("optim", {})), data=build(DataConfig, d.get("data", {})))
+        model = config_from_dict(d["model"])
+        optim_cls = PuzzleOptimConfig if is_reasoner(model) else OptimConfig
+        return cls(model=model, train=build(TrainConfig, d.get("train", {})),
+                   optim=build(optim_cls, d.get("optim", {})), data=build(DataConfig, d.get("data", {})))
 
 
 def _coerce(text: str, current: Any) -> Any:
@@ -328,12 +343,18 @@ def validate_run(run: RunConfig, workdir: str | os.PathLike) -> None:
         raise ValueError(f"train.batch_size={run.train.batch_size} (per micro-batch "
                          f"{run.train.batch_size // run.train.grad_accum}) is not divisible by the {n_data} "
                          f"data-parallel devices of mesh {run.train.mesh!r}")
+    check_workdir(run, workdir)
+
+
+def check_workdir(run: RunConfig, workdir: str | os.PathLike) -> None:
+    """``workdir`` is a directory (or absent) and holds no run with a different configuration."""
     wd = pathlib.Path(workdir)
     if wd.exists() and not wd.is_dir():
         raise ValueError(f"workdir {str(wd)!r} exists and is not a directory")
     saved = wd / "config.json"
     if saved.exists():
         old = RunConfig.from_dict(json.loads(saved.read_text()))
+
         def comparable(r: RunConfig) -> dict:
             d = r.to_dict()
             d["train"].pop("steps")
@@ -409,8 +430,13 @@ def train(run: RunConfig, workdir: str | os.PathLike, *, stop_after: int | None 
     """Train (or resume) ``run`` in ``workdir``. Returns a summary dict.
 
     ``stop_after`` ends the loop after that many steps of this invocation (with a checkpoint), as a pre-emption
-    would; tests use it to interrupt and resume.
+    would; tests use it to interrupt and resume. A reasoner run (TRM, Attractor reasoner) goes to
+    `attractor_jax.train.puzzle_trainer.train_puzzles`.
     """
+    if is_reasoner(run.model):
+        from attractor_jax.train.puzzle_trainer import train_puzzles
+
+        return train_puzzles(run, workdir, stop_after=stop_after, on_log=on_log)
     validate_run(run, workdir)
     wd = pathlib.Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
@@ -535,6 +561,15 @@ def evaluate(workdir: str | os.PathLike, depths: list[int | None] | None = None,
     run = RunConfig.from_dict(json.loads((wd / "config.json").read_text()))
     if data_path is not None:
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, path=data_path))
+    if is_reasoner(run.model):
+        from attractor_jax.train.puzzle_trainer import evaluate_puzzles, validate_puzzle_run
+
+        if data_path is not None:  # another dataset: it must have the sizes the model was trained with
+            check = validate_puzzle_run(run, wd / "_never_created")
+            if check.model != run.model:
+                raise ValueError(f"data {data_path!r} does not match the run's model (seq_len, vocab or puzzle "
+                                 "identifiers differ)")
+        return evaluate_puzzles(run, wd, depths=depths, batches=batches)
     if batches is not None:
         run = dataclasses.replace(run, train=dataclasses.replace(run.train, eval_batches=batches))
     model_cfg, mesh, graphdef, optimizer, init, abstract_state, state_sh = setup(run)

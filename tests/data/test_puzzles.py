@@ -119,6 +119,17 @@ def test_generated_sudokus_are_unique_minimal_rated_and_reproducible():
     assert again[0].question != rows[0].question and again[1].question == rows[1].question
 
 
+def test_easy_sudokus_have_the_requested_blanks_and_one_solution():
+    rows = pz.generate_sudoku(6, min_rating=0, seed=2, blanks=25)
+    for r in rows:
+        assert r.question.count(".") == 25
+        sol = pz.solve_sudoku(r.question, max_solutions=3)
+        assert len(sol.solutions) == 1 and pz.sudoku_to_string(sol.solutions[0]) == r.answer
+    for bad in (0, 65, 2.5):
+        with pytest.raises(ValueError, match="blanks"):
+            pz.generate_sudoku(1, blanks=bad)
+
+
 def test_sudoku_augmentation_keeps_validity_and_uniqueness():
     rows = _sudoku_rows(3, seed=2)
     rng = np.random.default_rng(0)

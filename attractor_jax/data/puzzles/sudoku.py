@@ -393,14 +393,17 @@ def _forced(givens: list[int], c: int, d: int) -> bool:
     return any(u & free & ~seen == bit for u in _CELL_UNITS[c])
 
 
-def _minimise(q: np.ndarray, sol: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Remove givens in random order while the puzzle keeps its single solution `sol`."""
+def _minimise(q: np.ndarray, sol: np.ndarray, rng: np.random.Generator, blanks: int = 81) -> np.ndarray:
+    """Remove givens in random order while the puzzle keeps its single solution `sol`, stopping once
+    `blanks` cells are blank (81: a minimal puzzle)."""
     q = q.copy()
     givens = [0] * 9
     for c, v in enumerate(q.tolist()):
         if v:
             givens[v - 1] |= _CELL[c]
     for c in rng.permutation(81).tolist():
+        if 81 - np.count_nonzero(q) >= blanks:
+            break
         v = int(q[c])
         if not v:
             continue
@@ -415,16 +418,16 @@ def _minimise(q: np.ndarray, sol: np.ndarray, rng: np.random.Generator) -> np.nd
     return q
 
 
-def _generate_one(args: tuple[int, int, int, int]) -> tuple[str, str, int, int]:
-    seed, index, attempt, min_rating = args
+def _generate_one(args: tuple[int, ...]) -> tuple[str, str, int, int]:
+    seed, index, attempt, min_rating, blanks = args
     rng = np.random.default_rng([seed, index, attempt])
     tries = 0
     while True:
         tries += 1
         sol = _random_solution(rng)
-        q = _minimise(sol, sol, rng)
+        q = _minimise(sol, sol, rng, blanks)
         r = _rating(q)
-        if r >= min_rating:
+        if r >= min_rating and (blanks >= 81 or 81 - np.count_nonzero(q) >= blanks):
             return sudoku_to_string(q), sudoku_to_string(sol), r, tries
 
 
@@ -437,17 +440,24 @@ def generate_sudoku(
     exclude: Iterable[str] = (),
     source: str = "attractor_jax.generate_sudoku",
     progress: bool = False,
+    blanks: int | None = None,
 ) -> list[PuzzleRow]:
     """`count` puzzles with exactly one solution and rating >= min_rating, as CSV rows (source, question,
     answer, rating). Questions in `exclude` (CSV strings) or repeated are replaced by fresh draws. workers > 1
-    starts that many spawned processes (from a script, call this under `if __name__ == "__main__":`)."""
+    starts that many spawned processes (from a script, call this under `if __name__ == "__main__":`).
+    `blanks`: stop removing givens once this many cells are blank (easy puzzles for quick experiments; still
+    exactly one solution); None removes givens until the puzzle is minimal (20–60 blanks is a sensible range:
+    a random minimal puzzle has about 56)."""
     count = check_nonneg("count", count, 1)
+    if blanks is not None and not (isinstance(blanks, int) and 1 <= blanks <= 64):
+        raise ValueError(f"blanks={blanks!r} is invalid: expected an int in [1, 64] (a sudoku with a unique "
+                         "solution has at least 17 givens)")
     min_rating = check_nonneg("min_rating", min_rating, 0)
     seed = check_nonneg("seed", seed, 0)
     workers = check_nonneg("workers", workers, 1)
     seen = set(exclude)
     rows: list[PuzzleRow] = []
-    todo = [(seed, i, 0, min_rating) for i in range(count)]
+    todo = [(seed, i, 0, min_rating, 81 if blanks is None else blanks) for i in range(count)]
     t0 = time.time()
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     try:
@@ -456,7 +466,7 @@ def generate_sudoku(
             redo = []
             for job, (q, a, r, _) in zip(todo, results):
                 if q in seen:
-                    redo.append((job[0], job[1], job[2] + 1, job[3]))
+                    redo.append((job[0], job[1], job[2] + 1, *job[3:]))
                     continue
                 seen.add(q)
                 rows.append((job[1], PuzzleRow(source, q, a, r)))

@@ -1,0 +1,136 @@
+"""Reasoner runs through the trainer and CLI: bitwise-identical resumption with the ACT carry and EMA in the
+checkpoint, eval-mode evaluation (exact/cell accuracy, f-evaluations, solver removed), masks on the padded
+last test batch, and the CLI's errors."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from attractor_jax.cli import main as cli_main
+from attractor_jax.data import puzzles as pz
+from attractor_jax.models import get_config
+from attractor_jax.train.puzzle_optim import PuzzleOptimConfig
+from attractor_jax.train.trainer import DataConfig, RunConfig, TrainConfig, evaluate, train
+
+TINY = dict(hidden_size=32, num_heads=2, L_layers=1, H_cycles=2, L_cycles=1, halt_max_steps=2,
+            puzzle_emb_len=1)
+
+
+@pytest.fixture(scope="module")
+def sudoku_data(tmp_path_factory):
+    """A built sudoku dataset (easy generated puzzles, 1 augmentation); 10 test puzzles."""
+    root = tmp_path_factory.mktemp("sudoku")
+    train_rows = pz.generate_sudoku(24, min_rating=0, seed=3, blanks=20)
+    test_rows = pz.generate_sudoku(10, min_rating=0, seed=4, blanks=20, exclude={r.question for r in train_rows})
+    (root / "csv").mkdir()
+    pz.write_puzzle_csv(root / "csv" / "train.csv", train_rows)
+    pz.write_puzzle_csv(root / "csv" / "test.csv", test_rows)
+    return str(pz.build_sudoku_dataset(root / "csv", root / "ds", num_aug=1, seed=0))
+
+
+def run_for(preset, data, steps=4, **train_kw):
+    model = get_config(preset, **TINY, **({"solver.max_iter": 6} if preset.startswith("attractor") else {}))
+    kw = dict(steps=steps, batch_size=4, log_every=1, save_every=2, eval_batches=1, eval_depths=(0, 2),
+              tensorboard=False)
+    kw.update(train_kw)
+    return RunConfig(model=model, train=TrainConfig(**kw),
+                     optim=PuzzleOptimConfig(lr=1e-3, warmup_steps=1, ema_decay=0.9, weight_decay=0.1),
+                     data=DataConfig(path=data))
+
+
+def read_metrics(workdir):
+    return [json.loads(x) for x in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_attractor_reasoner_resumes_bitwise_and_evaluates_by_depth(sudoku_data, tmp_path):
+    run = run_for("attractor-sudoku-tiny", sudoku_data)
+    full, part = tmp_path / "full", tmp_path / "part"
+    s_full = train(run, full)
+    train(run, part, stop_after=2)
+    assert sorted(p.name for p in (part / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+    s_part = train(run, part)  # resumes at step 2: params, opt state, EMA, ACT carry and data position
+    a = [r for r in read_metrics(full) if "loss" in r]
+    b = [r for r in read_metrics(part) if "loss" in r]
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        for k in ("loss", "solver_iters", "solver_residual", "grad_norm", "count"):
+            assert x[k] == y[k], (k, x, y)
+    assert s_full["eval_cell_full"] == s_part["eval_cell_full"]
+
+    # the saved config records the sizes taken from the dataset; eval.json holds every depth
+    cfg = json.loads((full / "config.json").read_text())
+    assert cfg["model"]["seq_len"] == 81 and cfg["model"]["vocab_size"] == 11
+    assert cfg["optim"]["ema_decay"] == 0.9
+    res = json.loads((full / "eval.json").read_text())
+    assert res["ema"] is True and set(res["depths"]) == {"0", "2", "full"}
+    for r in res["depths"].values():
+        assert r["count"] == 10  # 10 test puzzles in 3 batches of 4: the padded rows are not counted
+        assert 0.0 <= r["cell"] <= 1.0 and 0.0 <= r["exact"] <= 1.0
+        assert len(r["exact_by_step"]) == 2 and r["cell_by_step"][-1] == pytest.approx(r["cell"])
+        assert r["copy_cell"] == pytest.approx(61 / 81)  # 20 blanks: the givens-only baseline
+    # f-evaluations per puzzle: (solver iterations + 1 z_H update) per H cycle, over 2 ACT steps
+    assert res["depths"]["0"]["nfe"] == pytest.approx(2 * 2 * 1)
+    assert res["depths"]["2"]["nfe"] == pytest.approx(2 * 2 * 3)
+    assert res["depths"]["2"]["solver_iters"] == pytest.approx(2.0)
+    full_r = res["depths"]["full"]
+    assert full_r["nfe"] == pytest.approx(2 * 2 * (full_r["solver_iters"] + 1), rel=1e-5)
+    assert 0 < full_r["solver_residual"] < 0.1
+
+    # `attractor-jax eval` agrees with the end-of-training evaluation
+    again = evaluate(full, depths=[0, None])
+    assert again["depths"]["full"]["cell"] == res["depths"]["full"]["cell"]
+    assert again["depths"]["0"]["nfe"] == res["depths"]["0"]["nfe"]
+
+
+def test_trm_train_and_cli_eval(sudoku_data, tmp_path, capsys):
+    wd = tmp_path / "trm"
+    code = cli_main(["train", "--preset", "trm-sudoku-tiny", "--data", sudoku_data, "--workdir", str(wd),
+                     "--steps", "2", "--set", "batch_size=4", "--set", "warmup_steps=1", "--set", "hidden_size=32",
+                     "--set", "num_heads=2", "--set", "halt_max_steps=2", "--set", "L_cycles=1",
+                     "--set", "H_cycles=2", "--set", "puzzle_emb_len=1", "--set", "tensorboard=false"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "eval_cell_full" in out
+    cfg = json.loads((wd / "config.json").read_text())
+    assert cfg["optim"]["puzzle_emb_lr"] == 1e-4  # TRM's recipe, not the LM optimizer
+    assert cli_main(["eval", "--workdir", str(wd)]) == 0
+    out = capsys.readouterr().out
+    assert "max_iter=full" in out and "copy-the-givens" in out
+    assert cli_main(["eval", "--workdir", str(wd), "--max-iter", "0,full"]) == 2  # TRM has no solver
+    assert "TRM has no solver" in capsys.readouterr().err
+
+
+def test_bad_reasoner_runs_fail_before_writing(sudoku_data, tmp_path, capsys):
+    cases = [
+        (["--data", str(tmp_path)], "not a built puzzle dataset"),
+        (["--data", sudoku_data, "--set", "grad_accum=2", "--set", "batch_size=4"], "grad_accum=2"),
+    ]
+    for extra, msg in cases:
+        wd = tmp_path / "never"
+        code = cli_main(["train", "--preset", "attractor-sudoku-tiny", "--workdir", str(wd), "--steps", "1", *extra])
+        assert code == 2
+        assert msg in capsys.readouterr().err
+        assert not wd.exists()
+
+
+def test_short_run_beats_the_givens_baseline(tmp_path):
+    """A short CPU run of TRM on easy generated puzzles (8 blanks) learns more than copying the givens."""
+    root = tmp_path
+    train_rows = pz.generate_sudoku(256, min_rating=0, seed=5, blanks=8)
+    test_rows = pz.generate_sudoku(32, min_rating=0, seed=6, blanks=8, exclude={r.question for r in train_rows})
+    (root / "csv").mkdir()
+    pz.write_puzzle_csv(root / "csv" / "train.csv", train_rows)
+    pz.write_puzzle_csv(root / "csv" / "test.csv", test_rows)
+    data = str(pz.build_sudoku_dataset(root / "csv", root / "ds", num_aug=0, seed=0))
+    run = run_for("trm-sudoku-tiny", data, steps=120, batch_size=32, log_every=40, save_every=0, eval_batches=1)
+    run = RunConfig(model=run.model, train=run.train, data=run.data,
+                    optim=PuzzleOptimConfig(lr=3e-3, warmup_steps=10, ema_decay=0.9, weight_decay=0.1,
+                                            puzzle_emb_weight_decay=0.1))
+    train(run, root / "run")
+    res = json.loads((root / "run" / "eval.json").read_text())["depths"]["full"]
+    base = res["copy_cell"]
+    assert base == pytest.approx(73 / 81)
+    assert res["cell"] > base + 0.25 * (1 - base), res  # a quarter of the blanks right, well above chance (1/9)
