@@ -1,5 +1,6 @@
 """GPU check: train attractor-small-140m and gpt-small-140m on synthetic tokens and report tokens/s, MFU
-and peak GPU memory.
+and peak GPU memory; then a few minutes of attractor-sudoku-27m puzzle training (benchmarks/puzzle_check.py:
+rows/s, solver iterations and residuals). Everything within ``--budget`` (8 min on one H200 by default).
 
 Each preset runs in its own process (so ``peak_bytes_in_use`` is that model's alone) through the trainer's
 own pieces: `trainer.setup` (mesh over the local devices, sharded state) and the jitted, donated
@@ -33,9 +34,10 @@ FULL = dict(
     seq_len=2048,
     steps=300,
     warmup=5,
-    max_seconds=100.0,
-    budget=450.0,
+    max_seconds=80.0,
+    budget=470.0,
 )
+PUZZLE_RESERVE = {False: 190.0, True: 120.0}  # seconds kept for benchmarks/puzzle_check.py (full, smoke)
 SMOKE = dict(
     presets="attractor-tiny,gpt-tiny",
     batch_size=4,
@@ -198,6 +200,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mesh", default=None, help="device mesh over the local GPUs (default: all on data)")
     ap.add_argument("--optimizer", default=None, help="muon (default) or adamw")
     ap.add_argument("--out", help="JSON summary path")
+    ap.add_argument("--no-puzzle", action="store_true",
+                    help="skip the attractor-sudoku-27m puzzle check (benchmarks/puzzle_check.py)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -216,7 +220,8 @@ def main(argv=None) -> int:
     for preset in [p for p in a.presets.split(",") if p]:
         batch = a.batch_size
         for attempt in range(3):
-            left = a.budget - (time.perf_counter() - start)
+            reserve = 0.0 if a.no_puzzle else PUZZLE_RESERVE[a.smoke]
+            left = a.budget - (time.perf_counter() - start) - reserve
             if left < 30:
                 rows.append({"preset": preset, "error": "out of time budget"})
                 break
@@ -276,6 +281,22 @@ def main(argv=None) -> int:
             rows.append(row)
             break
 
+    puzzle = None
+    if not a.no_puzzle:
+        left = a.budget - (time.perf_counter() - start)
+        pout = os.path.join(os.path.dirname(os.path.abspath(a.out)),
+                            "puzzle_check_smoke.json" if a.smoke else "puzzle_check.json")
+        cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "puzzle_check.py"),
+               "--out", pout, "--seconds", str(max(10.0, left - 100))] + (["--smoke"] if a.smoke else [])
+        print(f"[gpu_check] puzzle check: {' '.join(cmd[2:])}", flush=True)
+        try:
+            proc = subprocess.run(cmd, timeout=max(left, 30), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
+            print("\n".join(line for line in proc.stdout.splitlines() if line.startswith("[puzzle_check]")))
+            puzzle = json.load(open(pout)) if proc.returncode == 0 else {"error": proc.stdout[-1500:]}
+        except subprocess.TimeoutExpired:
+            puzzle = {"error": "timed out (budget)"}
+
     import jax
 
     print(
@@ -311,11 +332,15 @@ def main(argv=None) -> int:
                 "smoke": a.smoke,
                 "dtype": a.dtype,
                 "rows": rows,
+                "puzzle": puzzle,
                 "total_s": time.perf_counter() - start,
             },
             fh,
             indent=2,
         )
+    if puzzle is not None and "error" in puzzle:
+        ok = False
+        print(f"puzzle check ERROR {puzzle['error'][:400]}")
     print(f"wrote {a.out}")
     return 0 if ok else 1
 
