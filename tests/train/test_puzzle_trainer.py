@@ -134,3 +134,24 @@ def test_short_run_beats_the_givens_baseline(tmp_path):
     base = res["copy_cell"]
     assert base == pytest.approx(73 / 81)
     assert res["cell"] > base + 0.25 * (1 - base), res  # a quarter of the blanks right, well above chance (1/9)
+
+
+def test_arc_run_reports_pass_at_k_with_voting(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def pair():
+        g = rng.integers(0, 10, size=tuple(rng.integers(2, 5, size=2)))
+        return {"input": g.tolist(), "output": np.fliplr(g).tolist()}
+
+    for subset, names in (("training", ["t1"]), ("evaluation", ["e1", "e2"])):
+        (tmp_path / "src" / subset).mkdir(parents=True)
+        for name in names:
+            task = {"train": [pair(), pair()], "test": [pair()]}
+            (tmp_path / "src" / subset / f"{name}.json").write_text(json.dumps(task))
+    data = str(pz.build_arc_dataset(tmp_path / "src", tmp_path / "arc", num_aug=2, seed=0))
+    run = run_for("trm-sudoku-tiny", data, steps=1, save_every=0)  # sizes come from the dataset: 900 tokens
+    summary = train(run, tmp_path / "run")
+    res = json.loads((tmp_path / "run" / "eval.json").read_text())["depths"]["full"]
+    assert res["tasks"] == 2 and res["inputs"] == 2 and res["count"] == 6  # 2 tasks x 3 variants
+    assert 0.0 <= res["pass@1"] <= res["pass@2"] <= 1.0
+    assert summary["eval_pass@2_full"] == res["pass@2"]

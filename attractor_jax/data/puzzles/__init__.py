@@ -15,6 +15,7 @@ from attractor_jax.data.puzzles.arc import (
     ARC_VOCAB_SIZE,
     arc_decode_grid,
     arc_inverse_transform,
+    arc_vote,
     build_arc_dataset,
     load_arc_tasks,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "Validation",
     "arc_decode_grid",
     "arc_inverse_transform",
+    "arc_vote",
     "augment_sudoku",
     "build_arc_dataset",
     "build_maze_dataset",

@@ -42,6 +42,7 @@ __all__ = [
     "ARC_VOCAB_SIZE",
     "arc_decode_grid",
     "arc_inverse_transform",
+    "arc_vote",
     "build_arc_dataset",
     "load_arc_tasks",
 ]
@@ -336,3 +337,73 @@ def build_arc_dataset(
         overwrite=overwrite,
         extra_files={"test_puzzles.json": test_tasks},
     )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation: de-augmentation and voting
+# ----------------------------------------------------------------------------------------------------
+
+
+def arc_vote(
+    dataset: str | os.PathLike,
+    preds: np.ndarray,
+    scores: np.ndarray | None = None,
+    *,
+    split: str = "test",
+    ks: Sequence[int] = (1, 2),
+) -> dict[str, Any]:
+    """pass@k of the ARC test inputs from one prediction per example of `split` (stored order).
+
+    Every augmented variant of a task predicts each of its test inputs; a prediction is decoded
+    (`arc_decode_grid`; undecodable ones abstain), mapped back to the original task's frame
+    (`arc_inverse_transform`) and counted as one vote for that grid. Candidates rank by votes, ties by their
+    mean `scores` (e.g. the halting logit: the model's confidence; TRM ranks the same way). A test input is
+    solved at k when the true output (``test_puzzles.json``) is among its top k candidates. Returns
+    ``pass@k`` (the ARC score: the mean over tasks of the fraction of their test inputs solved),
+    ``inputs_pass@k`` (over test inputs), ``tasks``, ``inputs`` and ``votes`` (mean variants voting per input).
+    """
+    from attractor_jax.data.puzzles.reader import load_puzzle_split
+
+    root = pathlib.Path(dataset).expanduser()
+    d = load_puzzle_split(root, split)
+    names = json.loads((root / "identifiers.json").read_text())
+    truth_file = root / f"{split}_puzzles.json"
+    if not truth_file.is_file():
+        raise FileNotFoundError(f"{truth_file} is missing: not an ARC dataset built by build_arc_dataset")
+    truth = json.loads(truth_file.read_text())
+    preds = np.asarray(preds)
+    n = d.num_examples
+    if preds.shape != (n, ARC_GRID * ARC_GRID):
+        raise ValueError(f"preds have shape {preds.shape}; expected ({n}, {ARC_GRID * ARC_GRID}): one prediction "
+                         f"per example of {root / split}")
+    scores = np.zeros(n) if scores is None else np.asarray(scores, np.float64).reshape(n)
+    puzzle = np.searchsorted(d.puzzle_indices, np.arange(n), side="right") - 1
+    votes: dict[tuple[str, int], dict[bytes, list]] = {}
+    for e in range(n):
+        p = int(puzzle[e])
+        task, inverse = arc_inverse_transform(names[int(d.puzzle_identifiers[p])])
+        key = (task, e - int(d.puzzle_indices[p]))
+        box = votes.setdefault(key, {})
+        grid = arc_decode_grid(preds[e])
+        if grid is None:
+            continue
+        grid = np.ascontiguousarray(inverse(grid))
+        h = bytes(grid.shape) + grid.tobytes()
+        entry = box.setdefault(h, [0, 0.0, grid])
+        entry[0] += 1
+        entry[1] += float(scores[e])
+    per_task: dict[str, list[list[bool]]] = {}
+    n_votes = []
+    for (task, k), box in sorted(votes.items()):
+        want = np.asarray(truth[task]["test"][k]["output"], np.uint8)
+        ranked = sorted(box.values(), key=lambda v: (-v[0], -v[1] / v[0]))
+        hits = [any(np.array_equal(v[2], want) for v in ranked[:top]) for top in ks]
+        per_task.setdefault(task, []).append(hits)
+        n_votes.append(sum(v[0] for v in box.values()))
+    out: dict[str, Any] = {"tasks": len(per_task), "inputs": len(n_votes),
+                           "votes": float(np.mean(n_votes)) if n_votes else 0.0}
+    for i, top in enumerate(ks):
+        task_scores = [np.mean([h[i] for h in hs]) for hs in per_task.values()]
+        out[f"pass@{top}"] = float(np.mean(task_scores)) if task_scores else 0.0
+        out[f"inputs_pass@{top}"] = float(np.mean([h[i] for hs in per_task.values() for h in hs])) if n_votes else 0.0
+    return out
