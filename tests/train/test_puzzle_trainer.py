@@ -125,7 +125,7 @@ def test_short_run_beats_the_givens_baseline(tmp_path):
     pz.write_puzzle_csv(root / "csv" / "train.csv", train_rows)
     pz.write_puzzle_csv(root / "csv" / "test.csv", test_rows)
     data = str(pz.build_sudoku_dataset(root / "csv", root / "ds", num_aug=0, seed=0))
-    run = run_for("trm-sudoku-tiny", data, steps=120, batch_size=32, log_every=40, save_every=0, eval_batches=1)
+    run = run_for("trm-sudoku-tiny", data, steps=300, batch_size=32, log_every=50, save_every=0, eval_batches=1)
     run = RunConfig(model=run.model, train=run.train, data=run.data,
                     optim=PuzzleOptimConfig(lr=3e-3, warmup_steps=10, ema_decay=0.9, weight_decay=0.1,
                                             puzzle_emb_weight_decay=0.1))
