@@ -303,6 +303,10 @@ def _data_pipelines(run: RunConfig, process_index: int, process_count: int):
     from attractor_jax.data import make_text_pipeline
 
     d, t = run.data, run.train
+    if d.path is not None and str(d.path).startswith("seqio:"):  # a seqio Task/Mixture (attractor_jax[seqio])
+        from attractor_jax.data.seqio_tasks import make_seqio_pipelines
+
+        return make_seqio_pipelines(d, t, process_index, process_count)
     common = dict(seq_len=t.seq_len, tokenizer=d.tokenizer, text_field=d.text_field,
                   val_path=d.val_path, val_fraction=d.val_fraction,
                   process_index=process_index, process_count=process_count)
@@ -326,17 +330,23 @@ def validate_run(run: RunConfig, workdir: str | os.PathLike) -> None:
         raise ValueError("data.path is not set: pass --data PATH")
     if run.model.vocab_size < 1:
         raise ValueError(f"model.vocab_size={run.model.vocab_size} must be >= 1")
-    stats = text_corpus_stats(run.data.path, seq_len=run.train.seq_len, tokenizer=run.data.tokenizer,
-                              val_fraction=run.data.val_fraction, val_path=run.data.val_path,
-                              text_field=run.data.text_field)
-    if stats.num_rows < 1:
-        raise ValueError(f"data {run.data.path!r} has too few tokens for one sequence of {run.train.seq_len}")
-    from attractor_jax.data import make_tokenizer
+    if str(run.data.path).startswith("seqio:"):  # a seqio Task/Mixture: the task's vocabulary, not data.tokenizer
+        from attractor_jax.data.seqio_tasks import check_seqio_data
 
-    vocab = make_tokenizer(run.data.tokenizer).vocab_size
+        vocab = check_seqio_data(run.data, seq_len=run.train.seq_len, batch_size=run.train.batch_size)
+        source = f"seqio data {run.data.path!r}"
+    else:
+        stats = text_corpus_stats(run.data.path, seq_len=run.train.seq_len, tokenizer=run.data.tokenizer,
+                                  val_fraction=run.data.val_fraction, val_path=run.data.val_path,
+                                  text_field=run.data.text_field)
+        if stats.num_rows < 1:
+            raise ValueError(f"data {run.data.path!r} has too few tokens for one sequence of {run.train.seq_len}")
+        from attractor_jax.data import make_tokenizer
+
+        vocab = make_tokenizer(run.data.tokenizer).vocab_size
+        source = f"tokenizer {run.data.tokenizer!r}"
     if vocab > run.model.vocab_size:
-        raise ValueError(f"tokenizer {run.data.tokenizer!r} has {vocab} tokens but model.vocab_size is "
-                         f"{run.model.vocab_size}")
+        raise ValueError(f"{source} has {vocab} tokens but model.vocab_size is {run.model.vocab_size}")
     shd.parse_mesh(run.train.mesh, jax.device_count())
     n_data = math.prod(v for k, v in shd.parse_mesh(run.train.mesh, jax.device_count()).items() if k != "tensor")
     if (run.train.batch_size // run.train.grad_accum) % n_data:

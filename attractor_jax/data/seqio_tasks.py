@@ -1,0 +1,1012 @@
+"""seqio Tasks and Mixtures for the language and puzzle data, and a bridge from any seqio Task or Mixture to
+the trainer. Optional: grain stays the default pipeline; this module needs `pip install
+'attractor_jax[seqio]'` (seqio, TensorFlow, tensorflow-text). Importing `attractor_jax` or
+`attractor_jax.data` never imports it, and this module imports seqio/TensorFlow only inside its functions.
+
+    from attractor_jax.data import seqio_tasks as st
+    lm = st.register_text_task("shakespeare", "data/tinyshakespeare.txt")     # -> "attractor_jax.shakespeare"
+    sd = st.register_puzzle_task("sudoku", "data/sudoku-1k")                  # -> "attractor_jax.sudoku"
+    it = st.make_seqio_pipeline(lm, seq_len=256, batch_size=8, seed=0)   # {"inputs", "targets"}: int32 [b, T]
+    attractor-jax train --preset attractor-tiny --data seqio:attractor_jax.shakespeare --workdir runs/x
+
+**Tasks** (names are prefixed `attractor_jax.`):
+
+* `register_text_task(name, path)`: language modelling from text files (`.txt`, `.jsonl`, `.parquet`,
+  folders and globs, read exactly as `make_text_pipeline` reads them). One example per document, feature
+  `targets` = its token ids followed by EOS. The vocabulary is `make_vocabulary(tokenizer)`: `"byte"`
+  (default) is `ByteVocabulary`, identical to `make_tokenizer("byte")` (UTF-8 bytes, vocab 256, EOS = 0, NUL
+  characters dropped); a `.model` path is `seqio.SentencePieceVocabulary`. Splits: "train", and "validation"
+  when `val_path` (its documents) or `val_fraction` f is given (document k of a file, counted with the file
+  index added as grain's streaming mode does, is held out when k mod round(1/f) == round(1/f) - 1).
+* `register_puzzle_task(name, path)`: a built Sudoku / Maze / ARC dataset (TRM/HRM layout: `train/`, `test/`
+  with dataset.json and the all__*.npy arrays). One example per stored example: `inputs` and `targets` int32
+  [L] (targets hold IGNORE_LABEL_ID = -100 where the label is the dataset's ignore_label_id, as the grain
+  puzzle pipeline's `labels` do) and `puzzle_identifiers` int32 scalar. Splits "train" and "test".
+* `register_mixture(name, tasks, rates)`: a `seqio.Mixture` of registered tasks.
+* `register_tasks(text=..., puzzles=..., mixture=...)`: all of the above in one call.
+
+**The bridge**: `make_seqio_pipeline(name, seq_len=, batch_size=, seed=)` turns a Task or Mixture whose
+`targets` feature holds 1-D token ids into `{"inputs", "targets"}` int32 [batch_size / P, seq_len] batches
+packed exactly as `make_text_pipeline` packs them: the examples' tokens are concatenated (each already ends
+with EOS when the feature has add_eos) and cut into rows of seq_len + 1 tokens; `inputs = row[:-1]`, `targets
+= row[1:]`. Sharding is seqio's: `seqio.ShardInfo(process_index, process_count)` (example i goes to process i
+mod P). Shuffling is seqio's too (the Task's shuffle buffer, seeded with `seed`; `shuffle=False` keeps the
+stored order). With `shuffle=False` the token arrays equal those of `make_text_pipeline(path, streaming=True,
+shuffle=False)` batch for batch, across epochs and for any process count. seqio shuffles whole examples
+(documents), so a corpus of one document (tinyshakespeare) is read in the same order every epoch; grain's
+default map mode, which shuffles rows, suits such a corpus better.
+
+The iterator is a grain `DatasetIterator` with the text iterators' interface: `get_state()` is a small JSON
+dict (examples consumed, tokens consumed of the next example, batches, and the pipeline's fingerprint), so
+`grain.checkpoint.CheckpointSave(it)` stores it in the orbax checkpoint; `set_state()` re-creates the
+deterministic seqio dataset and skips the consumed examples (the skipped examples are read and preprocessed
+again: restoring costs time proportional to the position within the data, not to the batches).
+`make_seqio_puzzle_pipeline` is the same for puzzle tasks: batches like `make_puzzle_pipeline`'s.
+
+**Trainer**: `--data seqio:NAME` trains on a registered Task or Mixture NAME; its "validation" split (when it
+has one) is the validation data. Before the name is looked up, the modules named in the environment variable
+`ATTRACTOR_JAX_SEQIO_MODULES` (comma-separated, e.g. `my_project.tasks`) are imported, so that they register
+their tasks. `--data seqio:attractor_jax.text:PATH` registers a built-in text task for PATH on the fly, with
+the run's `data.tokenizer`, `data.val_fraction` / `data.val_path` and `data.text_field`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import json
+import logging
+import os
+import pathlib
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import grain
+import numpy as np
+
+from attractor_jax.data.text import (
+    PathSpec,
+    _check_int,
+    _iter_file_documents,
+    _resolve_process,
+    check_state_fingerprint,
+    resolve_text_files,
+)
+
+__all__ = [
+    "ENV_MODULES",
+    "INSTALL_HINT",
+    "SEQIO_PREFIX",
+    "TASK_PREFIX",
+    "TEXT_SPEC_PREFIX",
+    "SeqioIterator",
+    "byte_vocabulary",
+    "check_seqio_data",
+    "get_provider",
+    "import_seqio",
+    "import_task_modules",
+    "make_seqio_pipeline",
+    "make_seqio_pipelines",
+    "make_seqio_puzzle_pipeline",
+    "make_vocabulary",
+    "register_mixture",
+    "register_puzzle_task",
+    "register_tasks",
+    "register_text_task",
+    "resolve_seqio_spec",
+]
+
+log = logging.getLogger(__name__)
+
+SEQIO_PREFIX = "seqio:"
+TASK_PREFIX = "attractor_jax."
+TEXT_SPEC_PREFIX = "attractor_jax.text:"
+ENV_MODULES = "ATTRACTOR_JAX_SEQIO_MODULES"
+INSTALL_HINT = "pip install 'attractor_jax[seqio]'"
+_CHUNK = 64  # examples per tf.data batch handed to Python (the packing loop works on whole chunks)
+_COUNT_DOCS_MAX_BYTES = 64 << 20  # text tasks over at most this many bytes count their documents up front
+
+
+# ----------------------------------------------------------------------------------------------------
+# Lazy imports
+# ----------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def import_seqio():
+    """`(seqio, tensorflow)`, imported on first use. TensorFlow is kept off GPUs/TPUs (JAX owns them) and
+    quiet. A missing package raises ImportError naming the `seqio` extra."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise ImportError(
+            f"seqio pipelines need TensorFlow and seqio: {INSTALL_HINT} (grain, the default pipeline, needs "
+            f"neither) [{e}]"
+        ) from e
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except (RuntimeError, ValueError):  # TF already initialised its devices, or has none of that kind
+        pass
+    try:
+        import seqio
+    except ImportError as e:
+        raise ImportError(f"seqio pipelines need the 'seqio' package: {INSTALL_HINT} [{e}]") from e
+    return seqio, tf
+
+
+def _no_autograph(fn):
+    _, tf = import_seqio()
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Vocabularies
+# ----------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _byte_vocabulary_class():
+    seqio, tf = import_seqio()
+    from attractor_jax.data.tokenizers import ByteTokenizer
+
+    table = tf.constant(
+        [b""] + [bytes([i]) for i in range(1, 256)]
+    )  # id 0 (EOS, and seqio's PAD) decodes to ""
+
+    class ByteVocabulary(seqio.Vocabulary):
+        """attractor_jax's byte tokenizer as a seqio Vocabulary: ids are the UTF-8 bytes of the text (vocab
+        256), id 0 (NUL) is EOS, NUL characters are dropped when encoding, no UNK and no extra ids. It agrees
+        with `make_tokenizer("byte")` exactly, in Python and in TensorFlow."""
+
+        def __init__(self):
+            super().__init__(extra_ids=0)
+            self._tok = ByteTokenizer()
+
+        @property
+        def eos_id(self) -> int:
+            return 0
+
+        @property
+        def unk_id(self) -> None:
+            return None
+
+        @property
+        def bos_id(self) -> None:
+            return None
+
+        @property
+        def _base_vocab_size(self) -> int:
+            return 256
+
+        def _encode(self, s: str) -> list[int]:
+            return self._tok.encode(s)
+
+        def _decode(self, ids) -> str:
+            return self._tok.decode(ids)
+
+        def _encode_tf(self, s):
+            s = tf.convert_to_tensor(s, tf.string)
+            if s.shape.rank == 0:
+                ids = tf.cast(tf.io.decode_raw(s, tf.uint8), tf.int32)
+                return tf.boolean_mask(ids, tf.not_equal(ids, 0))
+            chars = tf.strings.bytes_split(s)  # ragged [..., bytes] of one-byte strings
+            flat = tf.cast(tf.reshape(tf.io.decode_raw(chars.flat_values, tf.uint8), [-1]), tf.int32)
+            ids = chars.with_flat_values(flat)
+            return tf.ragged.boolean_mask(ids, tf.not_equal(ids, 0))
+
+        def _decode_tf(self, ids):
+            return tf.strings.reduce_join(tf.gather(table, ids), axis=-1)
+
+        def __eq__(self, other) -> bool:
+            return type(other) is type(self)
+
+        def __hash__(self) -> int:
+            return hash("attractor_jax.ByteVocabulary")
+
+        def __repr__(self) -> str:
+            return "ByteVocabulary(vocab_size=256, eos_id=0)"
+
+    return ByteVocabulary
+
+
+def byte_vocabulary():
+    """A seqio Vocabulary identical to `make_tokenizer("byte")` (vocab 256, EOS id 0)."""
+    return _byte_vocabulary_class()()
+
+
+def make_vocabulary(tokenizer: Any = "byte"):
+    """The seqio Vocabulary for a tokenizer spec: "byte" -> `byte_vocabulary()`, a `.model` path ->
+    `seqio.SentencePieceVocabulary` (same ids as `make_tokenizer(path)`); a seqio Vocabulary is returned as
+    is. HF `tokenizers` JSON files have no seqio vocabulary: use grain for them."""
+    seqio, _ = import_seqio()
+    if isinstance(tokenizer, seqio.Vocabulary):
+        return tokenizer
+    spec = (
+        os.fspath(tokenizer)
+        if isinstance(tokenizer, (str, os.PathLike))
+        else getattr(tokenizer, "spec", None)
+    )
+    if spec == "byte":
+        return byte_vocabulary()
+    if isinstance(spec, str) and spec.endswith(".model"):
+        if not pathlib.Path(spec).is_file():
+            raise FileNotFoundError(f"SentencePiece model '{spec}' does not exist (expected a .model file)")
+        return seqio.SentencePieceVocabulary(str(spec))
+    raise ValueError(
+        f"tokenizer {tokenizer!r} has no seqio vocabulary: expected 'byte' or a SentencePiece .model file "
+        "(HF tokenizers .json files work with the grain pipeline only)"
+    )
+
+
+def _vocab_id(vocab) -> str:
+    return f"{type(vocab).__name__}:{vocab.vocab_size}:{vocab.eos_id}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Registration
+# ----------------------------------------------------------------------------------------------------
+
+
+def _full_name(name: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"task name {name!r} is invalid: expected a non-empty string")
+    return name if name.startswith(TASK_PREFIX) else TASK_PREFIX + name
+
+
+def _add(registry, name: str, provider_fn: Callable[[], Any], overwrite: bool) -> str:
+    seqio, _ = import_seqio()
+    if name in registry.names():
+        if not overwrite:
+            raise ValueError(
+                f"seqio provider '{name}' is already registered (pass overwrite=True to replace it)"
+            )
+        registry.remove(name)
+    if name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names():
+        raise ValueError(f"'{name}' is already registered as a seqio Task or Mixture")
+    provider_fn()
+    return name
+
+
+@functools.cache
+def _source_class():
+    seqio, _ = import_seqio()
+
+    class FunctionSource(seqio.FunctionDataSource):
+        """A FunctionDataSource whose documents come in a fixed order: shuffling is the Task's seeded shuffle
+        buffer (so seqio's warning about uncached function sources shuffling poorly on restart does not apply:
+        restarts skip to the exact position)."""
+
+        def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **kwargs):
+            return super().get_dataset(split, False, seed, shard_info, **kwargs)
+
+    return FunctionSource
+
+
+def _text_keyed_documents(
+    files: list[pathlib.Path], text_field: str, doc_separator
+) -> Iterator[tuple[int, str]]:
+    """(key, document) in file order, with the keys grain's streaming mode uses for its validation split."""
+    for fi, f in enumerate(files):
+        for i, text in enumerate(_iter_file_documents(f, text_field, doc_separator)):
+            yield i + fi, text
+
+
+def register_text_task(
+    name: str,
+    path: PathSpec,
+    *,
+    tokenizer: Any = "byte",
+    val_fraction: float = 0.0,
+    val_path: PathSpec | None = None,
+    text_field: str = "text",
+    doc_separator: str | None = "auto",
+    add_eos: bool = True,
+    shuffle_buffer_size: int = 1000,
+    overwrite: bool = True,
+) -> str:
+    """Register a seqio Task for language modelling on local text files (module docstring); returns its full
+    name (`attractor_jax.` + name). Each example is one document: `{"targets": int32 [n]}` (ids + EOS)."""
+    seqio, tf = import_seqio()
+    full = _full_name(name)
+    files = resolve_text_files(path)  # fail now, not inside tf.data, on a bad path
+    val_files = resolve_text_files(val_path) if val_path is not None else None
+    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
+        raise ValueError(f"val_fraction={val_fraction!r} is invalid: expected a number in [0, 1)")
+    if val_files is not None and val_fraction > 0:
+        raise ValueError("give either val_fraction or val_path, not both")
+    val_every = max(2, int(round(1.0 / val_fraction))) if val_fraction > 0 else None
+    splits = ["train"] + (["validation"] if val_files is not None or val_every else [])
+    vocab = make_vocabulary(tokenizer)
+
+    def documents(split: str) -> Iterator[str]:
+        if split == "validation" and val_files is not None:
+            for _, text in _text_keyed_documents(val_files, text_field, doc_separator):
+                yield text
+            return
+        want_val = split == "validation"
+        for key, text in _text_keyed_documents(files, text_field, doc_separator):
+            if val_every is None or (key % val_every == val_every - 1) == want_val:
+                yield text
+
+    def chunks(split: str, size: int = 256) -> Iterator[list[str]]:
+        out: list[str] = []
+        for text in documents(split):
+            out.append(text)
+            if len(out) == size:
+                yield out
+                out = []
+        if out:
+            yield out
+
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
+        del shuffle_files, seed  # documents come in file order; the Task's shuffle buffer shuffles
+        if split not in splits:
+            raise ValueError(f"task '{full}' has no split '{split}' (splits: {splits})")
+        # Documents cross from Python in chunks (a tf.data element per document costs ~100 us)
+        ds = tf.data.Dataset.from_generator(
+            lambda: chunks(split), output_signature=tf.TensorSpec((None,), tf.string)
+        ).unbatch()
+        return ds.map(_no_autograph(lambda t: {"text": t}))
+
+    # A corpus small enough to read now: count its documents, so that seqio caches a small one in memory and
+    # the shuffle buffer is no larger than an epoch (a 1000-document buffer over a one-document corpus would
+    # hold 1000 copies of it).
+    counts = None
+    all_files = files + (val_files or [])
+    if sum(f.stat().st_size for f in all_files) <= _COUNT_DOCS_MAX_BYTES:
+        counts = {sp: sum(1 for _ in documents(sp)) for sp in splits}
+        if counts["train"] == 0:
+            raise ValueError(f"text task '{full}': the train split of {path!r} holds no documents")
+        shuffle_buffer_size = max(1, min(shuffle_buffer_size, counts["train"]))
+
+    def make():
+        seqio.TaskRegistry.add(
+            full,
+            source=_source_class()(
+                dataset_fn, splits=splits, num_input_examples=counts, caching_permitted=False
+            ),
+            output_features={"targets": seqio.Feature(vocab, add_eos=add_eos, dtype=tf.int32)},
+            preprocessors=[
+                functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+                functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+                seqio.preprocessors.append_eos,
+            ],
+            shuffle_buffer_size=shuffle_buffer_size,
+        )
+
+    return _add(seqio.TaskRegistry, full, make, overwrite)
+
+
+def register_puzzle_task(
+    name: str,
+    path: str | os.PathLike,
+    *,
+    set_name: str | None = None,
+    shuffle_buffer_size: int = 10_000,
+    overwrite: bool = True,
+) -> str:
+    """Register a seqio Task over a built puzzle dataset (Sudoku, Maze, ARC: module docstring); returns its
+    full name. Examples: `inputs`, `targets` int32 [L] (-100 where unsupervised), `puzzle_identifiers` int32
+    []."""
+    seqio, tf = import_seqio()
+    from attractor_jax.data.puzzles.common import IGNORE_LABEL_ID
+    from attractor_jax.data.puzzles.reader import load_puzzle_split
+
+    full = _full_name(name)
+    root = pathlib.Path(path).expanduser()
+    splits = [s for s in ("train", "test") if (root / s / "dataset.json").is_file()]
+    if not splits:
+        raise FileNotFoundError(
+            f"'{root}' is not a built puzzle dataset: no train/ or test/ with dataset.json"
+        )
+    metas = {s: load_puzzle_split(root, s, set_name) for s in splits}  # validates the arrays now
+    seq_len = {m.metadata.seq_len for m in metas.values()}
+    vocab = {m.metadata.vocab_size for m in metas.values()}
+    if len(seq_len) != 1 or len(vocab) != 1:
+        raise ValueError(f"'{root}': the splits disagree on seq_len {seq_len} or vocab_size {vocab}")
+    L, V = seq_len.pop(), vocab.pop()
+    n_ids = max(m.metadata.num_puzzle_identifiers for m in metas.values())
+    counts = {s: m.num_examples for s, m in metas.items()}
+
+    def chunks(split: str, chunk: int = 4096) -> Iterator[dict[str, np.ndarray]]:
+        d = load_puzzle_split(root, split, set_name)
+        ignore = d.metadata.ignore_label_id
+        for lo in range(0, d.num_examples, chunk):
+            hi = min(lo + chunk, d.num_examples)
+            labels = np.asarray(d.labels[lo:hi], np.int32)
+            if ignore is not None:
+                labels[labels == ignore] = IGNORE_LABEL_ID
+            puz = np.searchsorted(d.puzzle_indices, np.arange(lo, hi), side="right") - 1
+            yield {
+                "inputs": np.asarray(d.inputs[lo:hi], np.int32),
+                "targets": labels,
+                "puzzle_identifiers": d.puzzle_identifiers[puz].astype(np.int32),
+            }
+
+    spec = {
+        "inputs": tf.TensorSpec((None, L), tf.int32),
+        "targets": tf.TensorSpec((None, L), tf.int32),
+        "puzzle_identifiers": tf.TensorSpec((None,), tf.int32),
+    }
+
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
+        del shuffle_files, seed
+        return tf.data.Dataset.from_generator(lambda: chunks(split), output_signature=spec).unbatch()
+
+    def make():
+        feat = functools.partial(seqio.Feature, add_eos=False, dtype=tf.int32)
+        seqio.TaskRegistry.add(
+            full,
+            source=_source_class()(
+                dataset_fn, splits=splits, num_input_examples=counts, caching_permitted=False
+            ),
+            output_features={
+                "inputs": feat(seqio.PassThroughVocabulary(V)),
+                "targets": feat(seqio.PassThroughVocabulary(V)),
+                "puzzle_identifiers": feat(seqio.PassThroughVocabulary(max(n_ids, 1)), rank=0),
+            },
+            preprocessors=[],
+            shuffle_buffer_size=shuffle_buffer_size,
+        )
+
+    return _add(seqio.TaskRegistry, full, make, overwrite)
+
+
+def register_mixture(
+    name: str,
+    tasks: Sequence[str] | Mapping[str, float],
+    *,
+    default_rate: float | None = None,
+    overwrite: bool = True,
+) -> str:
+    """Register a `seqio.Mixture` of registered tasks: a list (rates: `default_rate`, e.g. 1.0) or a mapping
+    name -> rate; a name not registered as given gets the `attractor_jax.` prefix. Returns the full name."""
+    seqio, _ = import_seqio()
+    full = _full_name(name)
+
+    def member(t: str) -> str:  # a registered name as is, else ours with the prefix
+        known = (*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names())
+        return t if t in known else _full_name(t)
+
+    if isinstance(tasks, Mapping):
+        members: list = [(member(t), float(r)) for t, r in tasks.items()]
+    else:
+        members = [member(t) for t in tasks]
+        if default_rate is None:
+            default_rate = 1.0
+    if not members:
+        raise ValueError(f"mixture '{full}' needs at least one task")
+
+    def make():
+        seqio.MixtureRegistry.add(full, members, default_rate=default_rate)
+
+    return _add(seqio.MixtureRegistry, full, make, overwrite)
+
+
+def register_tasks(
+    *,
+    text: Mapping[str, PathSpec] | None = None,
+    puzzles: Mapping[str, str | os.PathLike] | None = None,
+    mixtures: Mapping[str, Sequence[str] | Mapping[str, float]] | None = None,
+    tokenizer: Any = "byte",
+    val_fraction: float = 0.0,
+    text_field: str = "text",
+) -> list[str]:
+    """Register text tasks (name -> path), puzzle tasks (name -> built dataset folder, e.g. {"sudoku": ...,
+    "maze": ..., "arc": ...}) and mixtures (name -> task names, or name -> {task: rate}) in one call; returns
+    the full names, in that order."""
+    names = [
+        register_text_task(n, p, tokenizer=tokenizer, val_fraction=val_fraction, text_field=text_field)
+        for n, p in (text or {}).items()
+    ]
+    names += [register_puzzle_task(n, p) for n, p in (puzzles or {}).items()]
+    names += [register_mixture(n, ts) for n, ts in (mixtures or {}).items()]
+    return names
+
+
+# ----------------------------------------------------------------------------------------------------
+# Looking up providers from `seqio:` specs
+# ----------------------------------------------------------------------------------------------------
+
+
+def import_task_modules(modules: str | Sequence[str] | None = None) -> list[str]:
+    """Import the modules that register tasks: `modules` (comma-separated or a list), by default the
+    environment variable ATTRACTOR_JAX_SEQIO_MODULES. Returns the module names imported."""
+    if modules is None:
+        modules = os.environ.get(ENV_MODULES, "")
+    if isinstance(modules, str):
+        modules = [m.strip() for m in modules.split(",")]
+    done = []
+    for m in modules:
+        if not m:
+            continue
+        try:
+            importlib.import_module(m)
+        except ImportError as e:
+            raise ImportError(f"cannot import seqio task module '{m}' (from {ENV_MODULES}): {e}") from e
+        done.append(m)
+    return done
+
+
+def _text_spec_name(path: str, tokenizer: Any, val_fraction: float, val_path: Any, text_field: str) -> str:
+    files = [str(p.resolve()) for p in resolve_text_files(path)]
+    vfiles = [str(p.resolve()) for p in resolve_text_files(val_path)] if val_path is not None else None
+    key = json.dumps([files, str(tokenizer), float(val_fraction), vfiles, text_field])
+    return f"{TASK_PREFIX}text_{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
+def resolve_seqio_spec(
+    spec: str,
+    *,
+    tokenizer: Any = "byte",
+    val_fraction: float = 0.0,
+    val_path: PathSpec | None = None,
+    text_field: str = "text",
+) -> str:
+    """The registered Task/Mixture name a data spec names. `seqio:NAME` (or NAME): a registered provider,
+    after importing the ATTRACTOR_JAX_SEQIO_MODULES modules. `seqio:attractor_jax.text:PATH`: a text task for
+    PATH (a file, folder or glob), registered now with the given tokenizer and validation split."""
+    import_seqio()
+    name = spec[len(SEQIO_PREFIX) :] if spec.startswith(SEQIO_PREFIX) else spec
+    if name.startswith(TEXT_SPEC_PREFIX):
+        path = name[len(TEXT_SPEC_PREFIX) :]
+        if not path:
+            raise ValueError(f"'{spec}' names no path: expected {SEQIO_PREFIX}{TEXT_SPEC_PREFIX}PATH")
+        full = _text_spec_name(path, tokenizer, val_fraction, val_path, text_field)
+        seqio, _ = import_seqio()
+        if full not in seqio.TaskRegistry.names():
+            register_text_task(
+                full,
+                path,
+                tokenizer=tokenizer,
+                val_fraction=val_fraction,
+                val_path=val_path,
+                text_field=text_field,
+            )
+        return full
+    if val_path is not None:
+        raise ValueError(
+            f"data.val_path applies to {SEQIO_PREFIX}{TEXT_SPEC_PREFIX}PATH only; the task "
+            f"'{name}' brings its own 'validation' split"
+        )
+    get_provider(name)
+    return name
+
+
+def get_provider(name: str):
+    """The registered seqio Task or Mixture `name` (importing ATTRACTOR_JAX_SEQIO_MODULES first)."""
+    seqio, _ = import_seqio()
+    import_task_modules()
+    try:
+        return seqio.get_mixture_or_task(name)
+    except ValueError:
+        ours = sorted(
+            n
+            for n in (*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names())
+            if n.startswith(TASK_PREFIX)
+        )
+        raise ValueError(
+            f"no seqio Task or Mixture named '{name}' is registered: import the module that registers it by "
+            f"listing it in {ENV_MODULES}=my_project.tasks (comma-separated), or use "
+            f"{SEQIO_PREFIX}{TEXT_SPEC_PREFIX}PATH for text files (registered attractor_jax tasks: "
+            f"{ours or 'none'})"
+        ) from None
+
+
+def _check_feature(provider, feature: str, rank: int) -> Any:
+    feats = provider.output_features
+    if feature not in feats:
+        raise ValueError(
+            f"seqio provider '{provider.name}' has no output feature '{feature}' (features: {sorted(feats)})"
+        )
+    f = feats[feature]
+    if f.rank != rank or not f.dtype.is_integer:
+        raise ValueError(
+            f"feature '{feature}' of '{provider.name}' must hold rank-{rank} integer token ids, "
+            f"got rank {f.rank} {f.dtype.name}"
+        )
+    return f
+
+
+# ----------------------------------------------------------------------------------------------------
+# The iterator
+# ----------------------------------------------------------------------------------------------------
+
+
+class SeqioIterator(grain.DatasetIterator):
+    """Batches from a seqio Task or Mixture with exact, JSON-serialisable `get_state()` / `set_state()`.
+
+    mode "lm": the `feature` token sequences packed into `{"inputs", "targets"}` int32 [b, seq_len];
+    mode "puzzle": fixed-size examples stacked into `{"inputs", "labels", "puzzle_identifiers", "mask"}`.
+    The seqio dataset is built lazily (on the first batch, after any `set_state`) and skips the examples
+    already consumed. Attributes as the text iterators: `seq_len`, `batch_size` (global), `local_batch_size`,
+    `num_batches` (None: unknown/unbounded), `config` (the fingerprint), `provider` (the seqio Task/Mixture).
+    """
+
+    def __init__(
+        self,
+        make_dataset: Callable[[int], Any],
+        *,
+        mode: str,
+        local_batch: int,
+        seq_len: int | None,
+        config: dict[str, Any],
+        pad_final: bool = False,
+    ):
+        super().__init__()
+        self._make_dataset = make_dataset
+        self._mode, self._b, self._row = mode, local_batch, (seq_len + 1 if seq_len else None)
+        self._pad_final = pad_final
+        self.config = config
+        self._examples = 0  # examples fully consumed
+        self._offset = 0  # tokens consumed of the next example (lm mode)
+        self._batches = 0
+        self._it = None
+        self._buf = np.zeros((0,), np.int32)  # lm: tokens of the current chunk from position _pos
+        self._ends = np.zeros((0,), np.int64)  # lm: end offsets (in _buf) of the chunk's examples
+        self._pos = 0
+        self._base = 0  # lm: examples before the current chunk
+        self._done = False
+
+    # -- lm ------------------------------------------------------------------------------------------
+    def _refill(self) -> bool:
+        if self._done:
+            return False
+        if self._it is None:
+            self._it = iter(self._make_dataset(self._examples).as_numpy_iterator())
+            self._base, self._buf, self._ends, self._pos = (
+                self._examples,
+                np.zeros((0,), np.int32),
+                np.zeros((0,), np.int64),
+                0,
+            )
+            first = next(self._it, None)
+            if first is None:
+                self._done = True
+                return False
+            self._set_chunk(first, skip=self._offset)
+            return True
+        nxt = next(self._it, None)
+        if nxt is None:
+            self._done = True
+            return False
+        self._base += len(self._ends)
+        self._set_chunk(nxt, skip=0)
+        return True
+
+    def _set_chunk(self, chunk: dict[str, np.ndarray], skip: int) -> None:
+        self._buf = np.asarray(chunk["values"], np.int32)
+        self._ends = np.cumsum(chunk["lengths"]).astype(np.int64)
+        self._pos = skip
+
+    def _sync_position(self) -> None:
+        """(examples consumed, offset into the next one) from the chunk position."""
+        k = int(np.searchsorted(self._ends, self._pos, side="right"))
+        self._examples = self._base + k
+        self._offset = self._pos - (int(self._ends[k - 1]) if k else 0)
+
+    def _next_lm(self) -> dict[str, np.ndarray]:
+        need = self._b * self._row
+        out = np.empty(need, np.int32)
+        filled = 0
+        while filled < need:
+            if self._pos >= len(self._buf) and not self._refill():
+                raise StopIteration
+            take = min(need - filled, len(self._buf) - self._pos)
+            out[filled : filled + take] = self._buf[self._pos : self._pos + take]
+            filled += take
+            self._pos += take
+        self._sync_position()
+        rows = out.reshape(self._b, self._row)
+        return {"inputs": np.ascontiguousarray(rows[:, :-1]), "targets": np.ascontiguousarray(rows[:, 1:])}
+
+    # -- puzzles ---------------------------------------------------------------------------------------
+    def _next_puzzle(self) -> dict[str, np.ndarray]:
+        if self._it is None:
+            if self._done:
+                raise StopIteration
+            self._it = iter(self._make_dataset(self._examples).as_numpy_iterator())
+        batch = next(self._it, None)
+        if batch is None:
+            self._done = True
+            raise StopIteration
+        n = len(batch["inputs"])
+        self._examples += n
+        valid = np.ones(self._b, bool)
+        if n < self._b:
+            if not self._pad_final:
+                self._done = True
+                raise StopIteration
+            valid[n:] = False
+            fill = {"inputs": 0, "targets": -100, "puzzle_identifiers": 0}  # PAD, IGNORE_LABEL_ID, blank id
+            batch = {
+                k: np.concatenate([v, np.full((self._b - n,) + v.shape[1:], fill[k], v.dtype)])
+                for k, v in batch.items()
+            }
+            self._done = True
+        return {
+            "inputs": batch["inputs"].astype(np.int32),
+            "labels": batch["targets"].astype(np.int32),
+            "puzzle_identifiers": batch["puzzle_identifiers"].astype(np.int32),
+            "mask": valid,
+        }
+
+    # -- interface -----------------------------------------------------------------------------------
+    def __next__(self) -> dict[str, np.ndarray]:
+        self._assert_not_closed()
+        out = self._next_lm() if self._mode == "lm" else self._next_puzzle()
+        self._batches += 1
+        return out
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "examples": int(self._examples),
+            "offset": int(self._offset),
+            "batches": int(self._batches),
+            "config": dict(self.config),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        check_state_fingerprint(
+            self.config, state, "seqio", required=("examples", "offset", "batches", "config")
+        )
+        self._examples, self._offset = int(state["examples"]), int(state["offset"])
+        self._batches = int(state["batches"])
+        self._it, self._done = None, False
+        self._buf, self._ends, self._pos = np.zeros((0,), np.int32), np.zeros((0,), np.int64), 0
+
+    def __str__(self) -> str:
+        return (
+            f"SeqioIterator({self.config.get('name')}, {self.config.get('split')}, "
+            f"batch={self._b}/{self.config.get('batch_size')})"
+        )
+
+
+def _dataset_factory(
+    provider,
+    *,
+    split: str,
+    shuffle: bool,
+    seed: int,
+    num_epochs: int | None,
+    process_index: int,
+    process_count: int,
+    passthrough: Sequence[str] = (),
+):
+    seqio, _ = import_seqio()
+    shard = seqio.ShardInfo(process_index, process_count) if process_count > 1 else None
+    kwargs: dict[str, Any] = dict(
+        sequence_length=None,
+        split=split,
+        use_cached=False,
+        shuffle=shuffle,
+        seed=seed,
+        shard_info=shard,
+        num_epochs=num_epochs,
+    )
+    if isinstance(provider, seqio.Mixture) and passthrough:
+        kwargs["passthrough_features"] = list(passthrough)
+
+    def make(skip: int):
+        ds = provider.get_dataset(**kwargs)
+        return ds.skip(skip) if skip else ds
+
+    return make
+
+
+def make_seqio_pipeline(
+    name: str,
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int = 0,
+    split: str = "train",
+    shuffle: bool | None = None,
+    num_epochs: int | None = None,
+    feature: str = "targets",
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> SeqioIterator:
+    """The LM bridge: packed `{"inputs", "targets"}` int32 [batch_size / P, seq_len] batches from the seqio
+    Task or Mixture `name` (its `feature` token sequences). shuffle: default True for "train". num_epochs:
+    default None (repeat forever) for "train", else 1 (a final partial batch is dropped). batch_size is
+    global; process p of P reads `seqio.ShardInfo(p, P)`."""
+    seqio, tf = import_seqio()
+    seq_len = _check_int("seq_len", seq_len, 1)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    seed = _check_int("seed", seed, 0)
+    pidx, pcount = _resolve_process(process_index, process_count)
+    if batch_size % pcount:
+        raise ValueError(f"batch_size={batch_size} is invalid: expected a multiple of process_count={pcount}")
+    provider = get_provider(name)
+    if split not in provider.splits:
+        raise ValueError(f"seqio provider '{name}' has no split '{split}' (splits: {list(provider.splits)})")
+    feat = _check_feature(provider, feature, 1)
+    if shuffle is None:
+        shuffle = split == "train"
+    if num_epochs is None and split != "train":
+        num_epochs = 1
+    if num_epochs is not None:
+        num_epochs = _check_int("num_epochs", num_epochs, 1)
+    base = _dataset_factory(
+        provider,
+        split=split,
+        shuffle=bool(shuffle),
+        seed=seed,
+        num_epochs=num_epochs,
+        process_index=pidx,
+        process_count=pcount,
+    )
+
+    @tf.autograph.experimental.do_not_convert
+    def to_chunk(r):
+        return {"values": tf.cast(r.flat_values, tf.int32), "lengths": r.row_lengths()}
+
+    @tf.autograph.experimental.do_not_convert
+    def select(ex):
+        return ex[feature]
+
+    def make(skip: int):
+        ds = base(skip).map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.ragged_batch(_CHUNK).map(to_chunk).prefetch(tf.data.AUTOTUNE)
+
+    config = {
+        "kind": "seqio-lm",
+        "name": name,
+        "split": split,
+        "feature": feature,
+        "vocab": _vocab_id(feat.vocabulary),
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "seed": seed,
+        "shuffle": bool(shuffle),
+        "num_epochs": num_epochs,
+        "process_index": pidx,
+        "process_count": pcount,
+    }
+    it = SeqioIterator(make, mode="lm", local_batch=batch_size // pcount, seq_len=seq_len, config=config)
+    it.provider, it.seq_len, it.batch_size, it.local_batch_size = (
+        provider,
+        seq_len,
+        batch_size,
+        batch_size // pcount,
+    )
+    it.num_batches, it.vocabulary = None, feat.vocabulary
+    return it
+
+
+def make_seqio_puzzle_pipeline(
+    name: str,
+    split: str = "train",
+    *,
+    batch_size: int,
+    seed: int = 0,
+    shuffle: bool | None = None,
+    num_epochs: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> SeqioIterator:
+    """Puzzle batches from a seqio puzzle Task or Mixture (features inputs, targets, puzzle_identifiers),
+    shaped as `make_puzzle_pipeline`'s: `inputs`, `labels` int32 [b, L], `puzzle_identifiers` int32 [b],
+    `mask` bool [b]. shuffle: default True for "train" (seqio's shuffle buffer, not TRM's group sampling).
+    num_epochs: default None (repeat) when shuffling, else 1, with the final batch padded (mask False)."""
+    seqio, tf = import_seqio()
+    batch_size = _check_int("batch_size", batch_size, 1)
+    seed = _check_int("seed", seed, 0)
+    pidx, pcount = _resolve_process(process_index, process_count)
+    if batch_size % pcount:
+        raise ValueError(f"batch_size={batch_size} is invalid: expected a multiple of process_count={pcount}")
+    provider = get_provider(name)
+    if split not in provider.splits:
+        raise ValueError(f"seqio provider '{name}' has no split '{split}' (splits: {list(provider.splits)})")
+    for f in ("inputs", "targets"):
+        _check_feature(provider, f, 1)
+    if shuffle is None:
+        shuffle = split == "train"
+    if num_epochs is None and not shuffle:
+        num_epochs = 1
+    local = batch_size // pcount
+    base = _dataset_factory(
+        provider,
+        split=split,
+        shuffle=bool(shuffle),
+        seed=seed,
+        num_epochs=num_epochs,
+        process_index=pidx,
+        process_count=pcount,
+        passthrough=("puzzle_identifiers",),
+    )
+    keys = ("inputs", "targets", "puzzle_identifiers")
+
+    @tf.autograph.experimental.do_not_convert
+    def select(ex):
+        return {k: ex[k] for k in keys}
+
+    def make(skip: int):
+        ds = base(skip).map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(local).prefetch(tf.data.AUTOTUNE)
+
+    config = {
+        "kind": "seqio-puzzle",
+        "name": name,
+        "split": split,
+        "batch_size": batch_size,
+        "seed": seed,
+        "shuffle": bool(shuffle),
+        "num_epochs": num_epochs,
+        "process_index": pidx,
+        "process_count": pcount,
+    }
+    it = SeqioIterator(
+        make, mode="puzzle", local_batch=local, seq_len=None, config=config, pad_final=not shuffle
+    )
+    it.provider, it.batch_size, it.local_batch_size, it.num_batches = provider, batch_size, local, None
+    it.split = split
+    return it
+
+
+# ----------------------------------------------------------------------------------------------------
+# Trainer glue
+# ----------------------------------------------------------------------------------------------------
+
+
+def check_seqio_data(data: Any, *, seq_len: int, batch_size: int) -> int:
+    """Validate a `seqio:` data config (the trainer's DataConfig) before anything is written; returns the
+    vocabulary size of the `targets` feature. Registers `seqio:attractor_jax.text:PATH` tasks."""
+    _check_int("seq_len", seq_len, 1)
+    _check_int("batch_size", batch_size, 1)
+    name = resolve_seqio_spec(
+        data.path,
+        tokenizer=data.tokenizer,
+        val_fraction=data.val_fraction,
+        val_path=data.val_path,
+        text_field=data.text_field,
+    )
+    provider = get_provider(name)
+    if "train" not in provider.splits:
+        raise ValueError(f"seqio provider '{name}' has no 'train' split (splits: {list(provider.splits)})")
+    return int(_check_feature(provider, "targets", 1).vocabulary.vocab_size)
+
+
+def make_seqio_pipelines(data: Any, train: Any, process_index: int, process_count: int):
+    """`(train_it, val_batches_fn)` for the trainer from `data.path = "seqio:..."`; the validation batches are
+    the first `train.eval_batches` of the provider's "validation" split (none when it has no such split or the
+    split is empty)."""
+    name = resolve_seqio_spec(
+        data.path,
+        tokenizer=data.tokenizer,
+        val_fraction=data.val_fraction,
+        val_path=data.val_path,
+        text_field=data.text_field,
+    )
+    common = dict(
+        seq_len=train.seq_len,
+        batch_size=train.batch_size,
+        seed=train.seed,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    train_it = make_seqio_pipeline(name, split="train", **common)
+
+    def val_batches() -> list[dict[str, np.ndarray]]:
+        if "validation" not in get_provider(name).splits:
+            return []
+        it = make_seqio_pipeline(name, split="validation", **common)
+        out = []
+        for _ in range(train.eval_batches):
+            b = next(it, None)
+            if b is None:
+                break
+            out.append(b)
+        if not out:
+            log.warning(
+                "seqio provider '%s': the validation split holds fewer than one batch of %d x %d tokens; "
+                "no validation",
+                name,
+                train.batch_size,
+                train.seq_len + 1,
+            )
+        return out
+
+    return train_it, val_batches
