@@ -14,6 +14,16 @@ and embedding) and the head parameters through the configured backward mode.
 ``max_iter=0`` decodes c directly (the identity, so c keeps its gradient); ``max_iter`` 1 or 2 takes that many plain steps y ← f(y, c) (no early exit,
 differentiated through the steps); larger values use the configured solver with early exit at ``tol``.
 
+Ablation variants (``AttractorConfig.injection`` / ``solve_init``; paper Tables 4 and 6), all per token:
+
+    additive   f(y, c) = H(y + c) − y            (default)
+    init_only  f(y, c) = H(y)                     c enters only through y₀ (Ouro-style)
+    concat     f(y, c) = H([y; c] W) − y          W ∈ R^{2d×d} learned, initialised to [I; I]
+
+    y₀ = stop_gradient(c) (``proposal``, default) | 0 (``zero``) | N(0, sqrt(2/(5d))²) (``noise``)
+
+``max_iter=0`` decodes c for every variant (the T = 0 readout of the backbone).
+
 Parameter paths: ``embed``, ``backbone[i]``, ``head.blocks[i]`` (with ``gate_attn``/``gate_mlp``),
 ``final_norm``.
 """
@@ -27,7 +37,7 @@ from flax import nnx
 from attractor_jax import implicit
 from attractor_jax.models.common import embed_tokens, make_embed, tied_logits
 from attractor_jax.models.config import AttractorConfig, BackwardConfig, SolverConfig
-from attractor_jax.nn import Block, RMSNorm
+from attractor_jax.nn import Block, Linear, RMSNorm
 
 
 def make_solver(sc: SolverConfig, max_iter: int | None = None, tol: float | None = None):
@@ -56,10 +66,17 @@ def make_backward(bc: BackwardConfig, sc: SolverConfig):
     return implicit.IFT(solver=solver, tol=bc.tol, max_iter=bc.max_iter)
 
 
+def _stacked_identity(key, shape, dtype):
+    """[I; I] of shape [2d, d]: the concatenation injection's W, under which [y; c] W = y + c."""
+    d = shape[1]
+    return jnp.concatenate([jnp.eye(d, dtype=dtype), jnp.eye(d, dtype=dtype)], axis=0)
+
+
 class AttractorHead(nnx.Module):
     """H(h): ``n_fp_blocks`` pre-norm blocks with LayerScale gates. Output projections start as truncated
     normals (std sqrt(2/(5d)), ±3σ) instead of scaled-zero's zeros, so that f is not the constant c at
-    initialisation."""
+    initialisation. With ``injection="concat"`` the head also owns ``inject`` (W ∈ R^{2d×d}, [I; I] at
+    initialisation, applied in float32 so the solver's state keeps full precision)."""
 
     def __init__(self, config: AttractorConfig, *, rngs: nnx.Rngs):
         bc = config.block_config(out_init="trunc_normal")
@@ -69,6 +86,9 @@ class AttractorHead(nnx.Module):
                 for _ in range(config.n_fp_blocks)
             ]
         )
+        if config.injection == "concat":
+            d = config.d_model
+            self.inject = Linear(2 * d, d, kernel_init=_stacked_identity, axes=(None, "embed"), rngs=rngs)
 
     def __call__(self, h_BTD: jax.Array, positions_BT: jax.Array | None = None) -> jax.Array:
         for blk in self.blocks:
@@ -76,9 +96,14 @@ class AttractorHead(nnx.Module):
         return h_BTD
 
 
-def _head_map(graphdef, y, c, head_state, positions):
-    """f(y, c) = H(y + c) − y with the head rebuilt from its (traced) state."""
+def _head_map(graphdef, y, c, head_state, positions, injection: str = "additive"):
+    """f(y, c) with the head rebuilt from its (traced) state: H(y + c) − y (additive), H(y) (init_only) or
+    H([y; c] W) − y (concat)."""
     head = nnx.merge(graphdef, head_state)
+    if injection == "init_only":
+        return head(y, positions)
+    if injection == "concat":
+        return head(head.inject(jnp.concatenate([y, c], axis=-1)), positions) - y
     return head(y + c, positions) - y
 
 
@@ -108,8 +133,10 @@ class AttractorLM(nnx.Module):
         max_iter: int | None = None,
         tol: float | None = None,
         positions_BT: jax.Array | None = None,
+        key: jax.Array | None = None,
     ) -> implicit.Solution:
-        """Find y* = f(y*, c). Statistics are per token, ``[B, T]``."""
+        """Find y* = f(y*, c). Statistics are per token, ``[B, T]``. ``key`` draws the ``noise`` initial
+        iterate (a fixed key when None); the other variants ignore it."""
         cfg = self.config
         mi = cfg.solver.max_iter if max_iter is None else int(max_iter)
         if mi < 0:
@@ -123,12 +150,22 @@ class AttractorLM(nnx.Module):
         graphdef, head_state = nnx.split(self.head)
         pos = None if positions_BT is None else positions_BT.astype(jnp.float32)
 
+        injection = cfg.injection
+
         def f(y, c, state, pos):
-            return _head_map(graphdef, y, c, state, pos)
+            return _head_map(graphdef, y, c, state, pos, injection)
 
         # As in the reference, the iteration starts from a detached c; with max_iter=0 the solution *is* y0, the
         # identity of c, which must keep its gradient.
-        y0 = c_BTD if mi == 0 else jax.lax.stop_gradient(c_BTD)
+        if mi == 0:
+            y0 = c_BTD
+        elif cfg.solve_init == "zero":
+            y0 = jnp.zeros_like(c_BTD)
+        elif cfg.solve_init == "noise":
+            k = jax.random.key(0) if key is None else key
+            y0 = cfg.std * jax.random.normal(k, c_BTD.shape, c_BTD.dtype)
+        else:
+            y0 = jax.lax.stop_gradient(c_BTD)
         return implicit.fixed_point(
             f,
             y0,
@@ -164,8 +201,8 @@ class AttractorLM(nnx.Module):
         key: jax.Array | None = None,
         positions_BT: jax.Array | None = None,
     ) -> tuple[jax.Array, dict]:
-        """Returns ``(logits [B, T, V] float32, aux)``. ``key`` is accepted for a uniform model interface and
-        ignored (the solve is deterministic).
+        """Returns ``(logits [B, T, V] float32, aux)``. ``key`` is accepted for a uniform model interface; only
+        ``solve_init="noise"`` uses it (to draw y₀), otherwise the solve is deterministic.
 
         aux: ``iterations`` (int32 [B, T], f-evaluations per token), ``residual`` (float32 [B, T],
         ||f(y)−y||/||y||), ``converged``/``diverged`` (bool [B, T]), ``head_contribution`` (float32 [B],
@@ -175,7 +212,7 @@ class AttractorLM(nnx.Module):
         if max_iter is not None and int(max_iter) < 0:
             raise ValueError(f"AttractorLM: max_iter={max_iter!r} must be >= 0")
         c = self.encode(tokens_BT, positions_BT)
-        sol = self.solve(c, max_iter=max_iter, tol=tol, positions_BT=positions_BT)
+        sol = self.solve(c, max_iter=max_iter, tol=tol, positions_BT=positions_BT, key=key)
         y = sol.value
         logits = self.decode(y)
         st = sol.stats

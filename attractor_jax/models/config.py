@@ -217,9 +217,24 @@ class ParcaeConfig(LMConfig):
 @dataclasses.dataclass(frozen=True)
 class AttractorConfig(LMConfig):
     """Attractor LM: backbone → c → solve y* = c + Δ(y* + c) with the gated weight-tied head → final norm →
-    tied unembedding. ``fp_lr_scale``/``fp_wd`` are the head's optimizer settings (read by the trainer)."""
+    tied unembedding. ``fp_lr_scale``/``fp_wd`` are the head's optimizer settings (read by the trainer).
+
+    Ablation switches (paper Tables 4 and 6; the defaults are the paper's model):
+
+    * ``injection`` — how the proposal c enters the map f whose fixed point is solved:
+      ``"additive"`` f(y, c) = H(y + c) − y = c + Δ(y + c) (persistent additive injection);
+      ``"init_only"`` f(y, c) = H(y) (c is only the initial iterate, Ouro-style; the fixed point does not
+      depend on c, so implicit gradients reach neither c nor the backbone);
+      ``"concat"`` f(y, c) = H([y; c] W) − y with a learned W ∈ R^{2d×d} (head parameter ``head.inject``)
+      initialised to [I; I], so f equals the additive map at initialisation.
+    * ``solve_init`` — the solver's first iterate y₀: ``"proposal"`` stop_gradient(c), ``"zero"`` 0, or
+      ``"noise"`` N(0, std²) with the embedding init std sqrt(2/(5d)) (Parcae's "like-init" scale), drawn
+      from the call's ``key`` (a fixed key when none is given, e.g. in evaluation).
+    """
 
     arch: ClassVar[str] = "attractor"
+    INJECTIONS: ClassVar[tuple[str, ...]] = ("additive", "init_only", "concat")
+    SOLVE_INITS: ClassVar[tuple[str, ...]] = ("proposal", "zero", "noise")
 
     n_backbone_layers: int = 7
     n_fp_blocks: int = 1
@@ -229,10 +244,14 @@ class AttractorConfig(LMConfig):
     backward: BackwardConfig = BackwardConfig()
     fp_lr_scale: float = 0.5
     fp_wd: float = 0.1
+    injection: str = "additive"
+    solve_init: str = "proposal"
 
     def __post_init__(self):
         super().__post_init__()
         _check_positive("AttractorConfig", n_fp_blocks=self.n_fp_blocks)
+        _check_choice("attractor", "injection", self.injection, self.INJECTIONS)
+        _check_choice("attractor", "solve_init", self.solve_init, self.SOLVE_INITS)
         if not (isinstance(self.n_backbone_layers, int) and self.n_backbone_layers >= 0):
             raise ValueError(
                 f"AttractorConfig.n_backbone_layers={self.n_backbone_layers!r} must be an int >= 0"
