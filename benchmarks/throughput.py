@@ -2,7 +2,8 @@
 
 For each preset: the real jitted, donated train step of `attractor_jax.train` (optimizer included) on random
 tokens; reports tokens/s, ms/step, the attractor's solver f-evaluations per token, the estimated training FLOPs
-per token (solver evaluations counted) and MFU where the device's peak is known (TPU/GPU; not CPUs).
+per token (solver evaluations counted) and MFU where the device's peak is known (TPU/GPU; on other devices
+pass ``--peak-flops``).
 
 Usage: python benchmarks/throughput.py [--presets attractor-tiny,gpt-tiny,parcae-tiny] [--batch 8] [--seq 128]
                                         [--steps 10] [--rounds 3] [--dtype float32] [--out benchmarks/results/throughput.json]
@@ -56,6 +57,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dtype", default=None, help="compute dtype override (bfloat16 on accelerators)")
     ap.add_argument("--out", default="benchmarks/results/throughput.json")
+    ap.add_argument("--peak-flops", type=float, default=None,
+                    help="peak FLOP/s per device for MFU where the device is not in the table (e.g. a CPU: "
+                         "cores x GHz x FLOPs/cycle); TPUs/GPUs are looked up")
     a = ap.parse_args(argv)
     presets = [p for p in a.presets.split(",") if p]
     built = {p: build(p, a.batch, a.seq, a.dtype, a.steps) for p in presets}
@@ -70,7 +74,7 @@ def main(argv=None) -> int:
             times[p].append((time.perf_counter() - t0) / a.steps)
             iters[p].append(float(metrics.get("solver_iters", 0.0)))
     kind = jax.devices()[0].device_kind
-    peak = peak_flops(kind)
+    peak = a.peak_flops or peak_flops(kind)
     rows = []
     for p, b in built.items():
         sec = statistics.median(times[p])
@@ -93,7 +97,8 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(a.out)), suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
-        json.dump({"device": kind, "batch": a.batch, "seq": a.seq, "dtype": a.dtype, "rows": rows}, fh, indent=2)
+        json.dump({"device": kind, "batch": a.batch, "seq": a.seq, "dtype": a.dtype, "peak_flops": peak,
+                   "rows": rows}, fh, indent=2)
     os.replace(tmp, a.out)
     print(f"wrote {a.out}")
     return 0

@@ -88,7 +88,7 @@ def plot(results: dict, out: pathlib.Path) -> pathlib.Path:
                     va="bottom", fontsize=8)
         lo, hi = min(full + t0), max(full + t0)
         ax.set_ylim(lo - 0.15 * (hi - lo) - 0.02, hi + 0.35 * (hi - lo) + 0.05)
-        ax.set_xticks(list(x), labels, fontsize=8)
+        ax.set_xticks(list(x), [lb.replace(" (", "\n(") for lb in labels], fontsize=8)
         ax.set(title=title, ylabel="validation loss (nats/byte)")
     axes[0].legend(fontsize=8, loc="upper left")
     fig.suptitle(f"attractor-tiny ablations: {results['steps']} steps × {results['tokens_per_step']} tokens, "
