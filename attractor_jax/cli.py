@@ -207,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train (or resume) a preset in a work directory: a language model on text, "
                                       "a puzzle reasoner (trm-*, attractor-sudoku/maze-*) on a built puzzle dataset")
     tr.add_argument("--preset", required=True, help="model preset, e.g. attractor-tiny (see `info`)")
-    tr.add_argument("--data", required=True, help="text file, folder, glob, .jsonl/.parquet, or hf://OWNER/NAME; "
-                                                   "for a reasoner: a puzzle dataset folder (attractor-jax data ...)")
+    tr.add_argument("--data", required=True, help="text file, folder, glob, .jsonl/.parquet, hf://OWNER/NAME, or "
+                                                   "seqio:TASK (docs/seqio.md); for a reasoner: a puzzle dataset "
+                                                   "folder (attractor-jax data ...)")
     tr.add_argument("--workdir", required=True, help="run folder: config, checkpoints, metrics.jsonl")
     tr.add_argument("--steps", type=int, help="total optimizer steps (a larger value continues a finished run)")
     tr.add_argument("--seed", type=int)

@@ -14,7 +14,7 @@ By default reuses the checkpoints lm_compare.py wrote (``--from-runs runs/experi
 
 Writes ``<out>/results.json`` and ``<out>/depth_sweep.png``.
 
-Usage: python experiments/depth_sweep.py [--from-runs DIR] [--steps 100] [--seed 0] [--out DIR]
+Usage: python experiments/depth_sweep.py [--from-runs DIR] [--steps 300] [--seed 0] [--out DIR]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def plot(results: dict, out: pathlib.Path) -> pathlib.Path:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(ap, name=NAME, steps=100)
+    common.add_common_args(ap, name=NAME, steps=300)
     ap.add_argument("--from-runs", default="runs/experiments/lm_compare",
                     help="folder of lm_compare checkpoints to evaluate ('' trains new runs)")
     ap.add_argument("--runs", default="runs/experiments/depth_sweep", help="checkpoints when training here")

@@ -11,7 +11,7 @@ these checkpoints with ``--from-runs``).
 
 Writes ``<out>/results.json`` and ``<out>/lm_compare.png``; checkpoints go to ``--runs`` (rerunning resumes).
 
-Usage: python experiments/lm_compare.py [--steps 100] [--seeds 3] [--seed 0] [--data PATH] [--out DIR]
+Usage: python experiments/lm_compare.py [--steps 300] [--seeds 3] [--seed 0] [--data PATH] [--out DIR]
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def plot(results: dict, out: pathlib.Path) -> pathlib.Path:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(ap, name=NAME, steps=100)
+    common.add_common_args(ap, name=NAME, steps=300)
     ap.add_argument("--seeds", type=int, default=3, help="seeds per model: seed, seed+1, ... (default 3)")
     ap.add_argument("--runs", default="runs/experiments/lm_compare", help="checkpoint folder (resumable)")
     a = ap.parse_args(argv)
