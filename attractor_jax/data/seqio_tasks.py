@@ -795,6 +795,21 @@ def _dataset_factory(
     return make
 
 
+def _open_provider(name, split, batch_size, seed, process_index, process_count):
+    """Checked arguments of a seqio pipeline: ``(tf, provider, batch_size, seed, process_index,
+    process_count)``; the global batch must split evenly over the processes and the split must exist."""
+    _, tf = import_seqio()
+    batch_size = _check_int("batch_size", batch_size, 1)
+    seed = _check_int("seed", seed, 0)
+    pidx, pcount = _resolve_process(process_index, process_count)
+    if batch_size % pcount:
+        raise ValueError(f"batch_size={batch_size} is invalid: expected a multiple of process_count={pcount}")
+    provider = get_provider(name)
+    if split not in provider.splits:
+        raise ValueError(f"seqio provider '{name}' has no split '{split}' (splits: {list(provider.splits)})")
+    return tf, provider, batch_size, seed, pidx, pcount
+
+
 def make_seqio_pipeline(
     name: str,
     *,
@@ -812,16 +827,9 @@ def make_seqio_pipeline(
     Task or Mixture `name` (its `feature` token sequences). shuffle: default True for "train". num_epochs:
     default None (repeat forever) for "train", else 1 (a final partial batch is dropped). batch_size is
     global; process p of P reads `seqio.ShardInfo(p, P)`."""
-    seqio, tf = import_seqio()
     seq_len = _check_int("seq_len", seq_len, 1)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
-    pidx, pcount = _resolve_process(process_index, process_count)
-    if batch_size % pcount:
-        raise ValueError(f"batch_size={batch_size} is invalid: expected a multiple of process_count={pcount}")
-    provider = get_provider(name)
-    if split not in provider.splits:
-        raise ValueError(f"seqio provider '{name}' has no split '{split}' (splits: {list(provider.splits)})")
+    tf, provider, batch_size, seed, pidx, pcount = _open_provider(name, split, batch_size, seed, process_index,
+                                                                  process_count)
     feat = _check_feature(provider, feature, 1)
     if shuffle is None:
         shuffle = split == "train"
@@ -891,15 +899,8 @@ def make_seqio_puzzle_pipeline(
     shaped as `make_puzzle_pipeline`'s: `inputs`, `labels` int32 [b, L], `puzzle_identifiers` int32 [b],
     `mask` bool [b]. shuffle: default True for "train" (seqio's shuffle buffer, not TRM's group sampling).
     num_epochs: default None (repeat) when shuffling, else 1, with the final batch padded (mask False)."""
-    seqio, tf = import_seqio()
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
-    pidx, pcount = _resolve_process(process_index, process_count)
-    if batch_size % pcount:
-        raise ValueError(f"batch_size={batch_size} is invalid: expected a multiple of process_count={pcount}")
-    provider = get_provider(name)
-    if split not in provider.splits:
-        raise ValueError(f"seqio provider '{name}' has no split '{split}' (splits: {list(provider.splits)})")
+    tf, provider, batch_size, seed, pidx, pcount = _open_provider(name, split, batch_size, seed, process_index,
+                                                                  process_count)
     for f in ("inputs", "targets"):
         _check_feature(provider, f, 1)
     if shuffle is None:

@@ -30,7 +30,6 @@ import dataclasses
 import json
 import math
 import pathlib
-import signal
 import time
 from typing import Any, Callable
 
@@ -225,7 +224,7 @@ def train_puzzles(run, workdir, *, stop_after: int | None = None,
                   on_log: Callable[[dict], None] | None = None) -> dict:
     """Train (or resume) a reasoner ``run`` in ``workdir`` (module docstring). Returns a summary dict."""
     from attractor_jax.data.puzzles import make_puzzle_pipeline
-    from attractor_jax.train.trainer import _Progress, _write_json_atomic
+    from attractor_jax.train.trainer import _Progress, _write_json_atomic, close_run, install_sigterm
 
     run = validate_puzzle_run(run, workdir)
     wd = pathlib.Path(workdir)
@@ -254,15 +253,7 @@ def train_puzzles(run, workdir, *, stop_after: int | None = None,
         print(f"resuming from step {start} in {wd}")
     writer = MetricsWriter(wd, tensorboard=run.train.tensorboard)
 
-    stop = {"signal": None}
-
-    def on_sigterm(signum, frame):
-        stop["signal"] = signum
-
-    try:
-        old_handler = signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:
-        old_handler = None
+    stop, old_handler = install_sigterm()
 
     periodic: list = []
 
@@ -325,11 +316,7 @@ def train_puzzles(run, workdir, *, stop_after: int | None = None,
             summary.update(final)
             _write_json_atomic(wd / "eval.json", {"step": step, "ema": state.ema is not None, "depths": res})
     finally:
-        progress.close()
-        ckpt.close()
-        writer.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
+        close_run(progress, ckpt, writer, old_handler)
     summary["step"] = step
     return summary
 

@@ -382,6 +382,29 @@ def _write_json_atomic(path: pathlib.Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def install_sigterm() -> tuple[dict, Any]:
+    """Catch SIGTERM (pre-emption): returns ``(stop, old_handler)``; ``stop["signal"]`` is set when it arrives,
+    and the loop checkpoints and ends. Outside the main thread nothing is installed (the caller handles it)."""
+    stop: dict = {"signal": None}
+
+    def on_sigterm(signum, frame):
+        stop["signal"] = signum
+
+    try:
+        return stop, signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread
+        return stop, None
+
+
+def close_run(progress, ckpt, writer, old_handler) -> None:
+    """End a training loop: finish the progress line, wait for checkpoints, close metrics, restore SIGTERM."""
+    progress.close()
+    ckpt.close()
+    writer.close()
+    if old_handler is not None:
+        signal.signal(signal.SIGTERM, old_handler)
+
+
 class _Progress:
     """A one-line progress bar on a terminal; plain lines otherwise (logs, CI)."""
 
@@ -480,15 +503,7 @@ def train(run: RunConfig, workdir: str | os.PathLike, *, stop_after: int | None 
     tokens_per_step = run.train.batch_size * run.train.seq_len
     vjps = backward_vjps(model_cfg)
 
-    stop = {"signal": None}
-
-    def on_sigterm(signum, frame):
-        stop["signal"] = signum
-
-    try:
-        old_handler = signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:  # not the main thread: pre-emption handling is the caller's
-        old_handler = None
+    stop, old_handler = install_sigterm()
     val_cache: list = []
 
     def run_validation(step: int) -> dict:
@@ -553,11 +568,7 @@ def train(run: RunConfig, workdir: str | os.PathLike, *, stop_after: int | None 
         ckpt.save(step, state, train_it, {"step": step, "config": run.to_dict(), "time": time.time()},
                   force=True)
     finally:
-        progress.close()
-        ckpt.close()
-        writer.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
+        close_run(progress, ckpt, writer, old_handler)
     summary["step"] = step
     return summary
 
