@@ -155,3 +155,42 @@ def test_arc_run_reports_pass_at_k_with_voting(tmp_path):
     assert res["tasks"] == 2 and res["inputs"] == 2 and res["count"] == 6  # 2 tasks x 3 variants
     assert 0.0 <= res["pass@1"] <= res["pass@2"] <= 1.0
     assert summary["eval_pass@2_full"] == res["pass@2"]
+
+
+MESH_SCRIPT = """
+import json, sys
+import jax
+from tests.train.test_puzzle_trainer import run_for
+from attractor_jax.train.trainer import train
+assert jax.device_count() == 8
+data, out = sys.argv[1], sys.argv[2]
+res = {}
+for mesh in ("data=8", "data=4,fsdp=2"):
+    rows = []
+    run = run_for("attractor-sudoku-tiny", data, steps=2, batch_size=8, save_every=0, eval_depths=(), mesh=mesh)
+    train(run, f"{out}/{mesh.replace(',', '_').replace('=', '')}", on_log=rows.append)
+    res[mesh] = [[r["loss"], r["solver_iters"]] for r in rows]
+print("LOSSES" + json.dumps(res))
+"""
+
+
+def test_reasoner_on_8_devices_matches_one_device(sudoku_data, tmp_path):
+    """Rows (and the ACT carry) sharded over data / fsdp devices give the single-device losses and solver
+    iterations."""
+    import os
+    import subprocess
+    import sys
+
+    rows = []
+    train(run_for("attractor-sudoku-tiny", sudoku_data, steps=2, batch_size=8, save_every=0, eval_depths=()),
+          tmp_path / "one", on_log=rows.append)
+    single = [[r["loss"], r["solver_iters"]] for r in rows]
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT, sudoku_data, str(tmp_path)], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("LOSSES", 1)[1])
+    for mesh, got in out.items():
+        np.testing.assert_allclose(got, single, rtol=1e-5, atol=1e-5, err_msg=mesh)
