@@ -5,7 +5,8 @@
     python experiments/maze.py --size 30 --min-path 110 --steps 5000       # the Maze-Hard procedure
     python experiments/maze.py --data DIR            # a built dataset (attractor-jax data maze ...)
 
-Writes ``results.json`` and ``maze.png`` into ``--out`` (default experiments/results/maze). Mazes come from the
+Writes ``results.json`` and ``maze.png`` into ``--out`` (default experiments/results/maze); the generated data
+and the runs go to ``--runs`` (default runs/experiments/maze). Mazes come from the
 Searchformer procedure (``generate_maze``: random walls, A* shortest path, no wall layout shared between train
 and test); training mazes get the 8 dihedral images.
 """
@@ -21,9 +22,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from experiments import puzzle_experiment as pe  # noqa: E402
 
 
-def build_data(a: argparse.Namespace, out: pathlib.Path) -> pathlib.Path:
+def build_data(a: argparse.Namespace) -> pathlib.Path:
     from attractor_jax.data import puzzles as pz
 
+    out = pathlib.Path(a.runs)
     root = out / "data"
     if (root / "train" / "dataset.json").exists():
         return root
@@ -40,7 +42,7 @@ def build_data(a: argparse.Namespace, out: pathlib.Path) -> pathlib.Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     pe.add_args(ap, name="maze", steps=600, batch=32, lr=1e-3)
-    ap.add_argument("--data", help="a built maze dataset folder (default: generate one into OUT/data)")
+    ap.add_argument("--data", help="a built maze dataset folder (default: generate one into RUNS/data)")
     ap.add_argument("--size", type=int, default=10, help="maze side (default 10; Maze-Hard: 30)")
     ap.add_argument("--min-path", type=int, default=14, help="shortest path longer than this (Maze-Hard: 110)")
     ap.add_argument("--train-count", type=int, default=500)
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     pe.check(ap, a)
     out = pathlib.Path(a.out)
-    data = pathlib.Path(a.data) if a.data else build_data(a, out)
+    data = pathlib.Path(a.data) if a.data else build_data(a)
     res = pe.run_models("maze", data, a, {"trm": "trm-maze-tiny", "attractor": "attractor-maze-tiny"})
     pe.plot(res, out / "maze.png", f"Maze ({a.size}×{a.size} generated, path > {a.min_path} moves)"
             f": TRM vs Attractor reasoner, {a.steps} steps × batch {a.batch_size}")

@@ -24,7 +24,11 @@ from experiments.common import environment, pyplot, save_figure, write_json
 
 def add_args(ap: argparse.ArgumentParser, *, name: str, steps: int, batch: int, lr: float) -> None:
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parent / "results" / name))
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    ap.add_argument("--out", default=str(repo / "experiments" / "results" / name),
+                    help=f"results.json and {name}.png (default experiments/results/{name})")
+    ap.add_argument("--runs", default=str(repo / "runs" / "experiments" / name),
+                    help=f"generated data and run folders (default runs/experiments/{name}; rerunning reuses them)")
     ap.add_argument("--steps", type=int, default=steps, help=f"supervision steps per model (default {steps})")
     ap.add_argument("--batch-size", type=int, default=batch, help=f"global batch (default {batch})")
     ap.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default {lr})")
@@ -75,7 +79,7 @@ def run_models(kind: str, data: pathlib.Path, a: argparse.Namespace, presets: di
     for label in a.models.split(","):
         depths = (0, 1, 2, 4) if label == "attractor" else ()
         run = make_run(presets[label], data, a, depths)
-        wd = out / "runs" / label
+        wd = pathlib.Path(a.runs) / label
         print(f"\n== {label} ({presets[label]}, hidden {a.hidden}, {a.steps} steps × batch {a.batch_size})",
               flush=True)
         t0 = time.perf_counter()

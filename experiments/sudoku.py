@@ -5,9 +5,9 @@
     python experiments/sudoku.py --blanks 0 --steps 2000                   # minimal (hard) generated puzzles
     python experiments/sudoku.py --data DIR          # a built dataset (attractor-jax data sudoku ...)
 
-Writes ``results.json`` and ``sudoku.png`` into ``--out`` (default experiments/results/sudoku) and the runs
-under ``--out/runs``. The default data are generated offline (``generate_sudoku``) with a unique solution
-each; no test puzzle occurs in the training set.
+Writes ``results.json`` and ``sudoku.png`` into ``--out`` (default experiments/results/sudoku); the generated
+data and the runs go to ``--runs`` (default runs/experiments/sudoku). The default data are generated offline
+(``generate_sudoku``) with a unique solution each; no test puzzle occurs in the training set.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from experiments import puzzle_experiment as pe  # noqa: E402
 
 
-def build_data(a: argparse.Namespace, out: pathlib.Path) -> pathlib.Path:
+def build_data(a: argparse.Namespace) -> pathlib.Path:
     from attractor_jax.data import puzzles as pz
 
+    out = pathlib.Path(a.runs)
     root = out / "data"
     if (root / "train" / "dataset.json").exists():
         return root
@@ -41,7 +42,7 @@ def build_data(a: argparse.Namespace, out: pathlib.Path) -> pathlib.Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     pe.add_args(ap, name="sudoku", steps=600, batch=32, lr=1e-3)
-    ap.add_argument("--data", help="a built sudoku dataset folder (default: generate one into OUT/data)")
+    ap.add_argument("--data", help="a built sudoku dataset folder (default: generate one into RUNS/data)")
     ap.add_argument("--blanks", type=int, default=30, help="blank cells per generated puzzle (0: minimal puzzles)")
     ap.add_argument("--train-count", type=int, default=1000)
     ap.add_argument("--test-count", type=int, default=200)
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     pe.check(ap, a)
     out = pathlib.Path(a.out)
-    data = pathlib.Path(a.data) if a.data else build_data(a, out)
+    data = pathlib.Path(a.data) if a.data else build_data(a)
     res = pe.run_models("sudoku", data, a, {"trm": "trm-sudoku-tiny", "attractor": "attractor-sudoku-tiny"})
     pe.plot(res, out / "sudoku.png", f"Sudoku ({'generated, ' + str(a.blanks) + ' blanks' if not a.data else data})"
             f": TRM vs Attractor reasoner, {a.steps} steps × batch {a.batch_size}")
