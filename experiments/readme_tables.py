@@ -61,7 +61,7 @@ def depth():
         L.append(f"| {lab} | " + " | ".join(f"{e[k]['mean']:.4f} ± {e[k]['std']:.4f}" for k in keys) + " |")
     if "gpt-tiny" in r["models"]:
         g = r["models"]["gpt-tiny"]["val_loss_full"]
-        L.append(f"| GPT (no depth knob) | " + " | ".join([""] * (len(keys) - 1)) + f" | {g['mean']:.4f} ± {g['std']:.4f} |")
+        L.append("| GPT (no depth knob) | " + " | ".join([""] * (len(keys) - 1)) + f" | {g['mean']:.4f} ± {g['std']:.4f} |")
     it = r["models"]["attractor-tiny"].get("solver_iters_by_depth", {})
     if it:
         L += ["", "Attractor f-evaluations per token at each T: " + ", ".join(f"T={k}: {it[k]['mean']:.2f}" for k in keys) + "."]
@@ -73,7 +73,7 @@ def depth():
 def abl():
     r = json.loads((R/"ablations/results.json").read_text())
     v = r["variants"]
-    import importlib.util, sys
+    import sys
     sys.path.insert(0, ".")
     from experiments.ablations import TABLES
     L = [f"attractor-tiny, one switch changed per row, {r['steps']} steps × {r['tokens_per_step']} tokens, "
