@@ -22,40 +22,27 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from experiments import puzzle_experiment as pe  # noqa: E402
 
 
-def build_data(a: argparse.Namespace) -> pathlib.Path:
+def generate(a: argparse.Namespace):
     from attractor_jax.data import puzzles as pz
 
-    out = pathlib.Path(a.runs)
-    root = out / "data"
-    if (root / "train" / "dataset.json").exists():
-        return root
-    csv = out / "csv"
-    csv.mkdir(parents=True, exist_ok=True)
     train = pz.generate_maze(a.train_count, size=a.size, min_path=a.min_path, seed=a.seed)
     test = pz.generate_maze(a.test_count, size=a.size, min_path=a.min_path, seed=a.seed + 1000,
                             exclude={pz.maze_layout_key(r.question) for r in train})
-    pz.write_puzzle_csv(csv / "train.csv", train)
-    pz.write_puzzle_csv(csv / "test.csv", test)
-    return pz.build_maze_dataset(csv, root, aug=True, seed=a.seed)
+    return train, test
 
 
 def main(argv=None) -> int:
+    from attractor_jax.data import puzzles as pz
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    pe.add_args(ap, name="maze", steps=600, batch=32, lr=1e-3)
-    ap.add_argument("--data", help="a built maze dataset folder (default: generate one into RUNS/data)")
+    pe.add_args(ap, name="maze", steps=600, batch=32, lr=1e-3, train_count=500)
     ap.add_argument("--size", type=int, default=10, help="maze side (default 10; Maze-Hard: 30)")
     ap.add_argument("--min-path", type=int, default=14, help="shortest path longer than this (Maze-Hard: 110)")
-    ap.add_argument("--train-count", type=int, default=500)
-    ap.add_argument("--test-count", type=int, default=200)
     a = ap.parse_args(argv)
     pe.check(ap, a)
-    out = pathlib.Path(a.out)
-    data = pathlib.Path(a.data) if a.data else build_data(a)
-    res = pe.run_models("maze", data, a, {"trm": "trm-maze-tiny", "attractor": "attractor-maze-tiny"})
-    pe.plot(res, out / "maze.png", f"Maze ({a.size}×{a.size} generated, path > {a.min_path} moves)"
-            f": TRM vs Attractor reasoner, {a.steps} steps × batch {a.batch_size}")
-    print("\n" + pe.table(res))
-    return 0
+    data = pe.dataset(a, generate, lambda csv, root: pz.build_maze_dataset(csv, root, aug=True, seed=a.seed))
+    return pe.finish("maze", a, data, {"trm": "trm-maze-tiny", "attractor": "attractor-maze-tiny"},
+                     f"Maze ({a.size}×{a.size} generated, path > {a.min_path} moves)")
 
 
 if __name__ == "__main__":

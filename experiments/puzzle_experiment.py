@@ -22,7 +22,8 @@ import time
 from experiments.common import environment, pyplot, save_figure, write_json
 
 
-def add_args(ap: argparse.ArgumentParser, *, name: str, steps: int, batch: int, lr: float) -> None:
+def add_args(ap: argparse.ArgumentParser, *, name: str, steps: int, batch: int, lr: float,
+             train_count: int) -> None:
     ap.add_argument("--seed", type=int, default=0)
     repo = pathlib.Path(__file__).resolve().parents[1]
     ap.add_argument("--out", default=str(repo / "experiments" / "results" / name),
@@ -35,6 +36,9 @@ def add_args(ap: argparse.ArgumentParser, *, name: str, steps: int, batch: int, 
     ap.add_argument("--hidden", type=int, default=64, help="hidden size of both models (default 64)")
     ap.add_argument("--act-steps", type=int, default=4, help="halt_max_steps of both models (default 4)")
     ap.add_argument("--models", default="trm,attractor", help="comma-separated subset of trm,attractor")
+    ap.add_argument("--data", help=f"a built {name} dataset folder (default: generate one into RUNS/data)")
+    ap.add_argument("--train-count", type=int, default=train_count, help="generated training puzzles")
+    ap.add_argument("--test-count", type=int, default=200, help="generated test puzzles")
 
 
 def check(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
@@ -46,6 +50,33 @@ def check(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     bad = set(a.models.split(",")) - {"trm", "attractor"}
     if bad or not a.models:
         ap.error(f"--models {a.models!r}: expected a comma-separated subset of trm,attractor")
+
+
+def dataset(a: argparse.Namespace, generate, build) -> pathlib.Path:
+    """``--data``, or a dataset generated once into ``RUNS/data`` (reused by reruns): ``generate(a)`` returns
+    the (train, test) CSV rows, ``build(csv_dir, root)`` builds the TRM/HRM layout from them."""
+    from attractor_jax.data import puzzles as pz
+
+    if a.data:
+        return pathlib.Path(a.data)
+    runs = pathlib.Path(a.runs)
+    root, csv = runs / "data", runs / "csv"
+    if (root / "train" / "dataset.json").exists():
+        return root
+    csv.mkdir(parents=True, exist_ok=True)
+    train, test = generate(a)
+    pz.write_puzzle_csv(csv / "train.csv", train)
+    pz.write_puzzle_csv(csv / "test.csv", test)
+    return build(csv, root)
+
+
+def finish(kind: str, a: argparse.Namespace, data: pathlib.Path, presets: dict[str, str], title: str) -> int:
+    """Train and evaluate both models, plot ``OUT/<kind>.png`` and print the table."""
+    res = run_models(kind, data, a, presets)
+    plot(res, pathlib.Path(a.out) / f"{kind}.png",
+         f"{title}: TRM vs Attractor reasoner, {a.steps} steps × batch {a.batch_size}")
+    print("\n" + table(res))
+    return 0
 
 
 def make_run(preset: str, data: pathlib.Path, a: argparse.Namespace, depths: tuple[int, ...]):

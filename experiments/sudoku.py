@@ -21,41 +21,29 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from experiments import puzzle_experiment as pe  # noqa: E402
 
 
-def build_data(a: argparse.Namespace) -> pathlib.Path:
+def generate(a: argparse.Namespace):
     from attractor_jax.data import puzzles as pz
 
-    out = pathlib.Path(a.runs)
-    root = out / "data"
-    if (root / "train" / "dataset.json").exists():
-        return root
-    csv = out / "csv"
-    csv.mkdir(parents=True, exist_ok=True)
     blanks = a.blanks or None
     train = pz.generate_sudoku(a.train_count, min_rating=0, seed=a.seed, blanks=blanks)
     test = pz.generate_sudoku(a.test_count, min_rating=0, seed=a.seed + 1000, blanks=blanks,
                               exclude={r.question for r in train})
-    pz.write_puzzle_csv(csv / "train.csv", train)
-    pz.write_puzzle_csv(csv / "test.csv", test)
-    return pz.build_sudoku_dataset(csv, root, num_aug=a.num_aug, seed=a.seed)
+    return train, test
 
 
 def main(argv=None) -> int:
+    from attractor_jax.data import puzzles as pz
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    pe.add_args(ap, name="sudoku", steps=600, batch=32, lr=1e-3)
-    ap.add_argument("--data", help="a built sudoku dataset folder (default: generate one into RUNS/data)")
+    pe.add_args(ap, name="sudoku", steps=600, batch=32, lr=1e-3, train_count=1000)
     ap.add_argument("--blanks", type=int, default=30, help="blank cells per generated puzzle (0: minimal puzzles)")
-    ap.add_argument("--train-count", type=int, default=1000)
-    ap.add_argument("--test-count", type=int, default=200)
     ap.add_argument("--num-aug", type=int, default=1, help="augmented copies per training puzzle (default 1)")
     a = ap.parse_args(argv)
     pe.check(ap, a)
-    out = pathlib.Path(a.out)
-    data = pathlib.Path(a.data) if a.data else build_data(a)
-    res = pe.run_models("sudoku", data, a, {"trm": "trm-sudoku-tiny", "attractor": "attractor-sudoku-tiny"})
-    pe.plot(res, out / "sudoku.png", f"Sudoku ({'generated, ' + str(a.blanks) + ' blanks' if not a.data else data})"
-            f": TRM vs Attractor reasoner, {a.steps} steps × batch {a.batch_size}")
-    print("\n" + pe.table(res))
-    return 0
+    data = pe.dataset(a, generate, lambda csv, root: pz.build_sudoku_dataset(csv, root, num_aug=a.num_aug,
+                                                                             seed=a.seed))
+    return pe.finish("sudoku", a, data, {"trm": "trm-sudoku-tiny", "attractor": "attractor-sudoku-tiny"},
+                     f"Sudoku ({'generated, ' + str(a.blanks) + ' blanks' if not a.data else data})")
 
 
 if __name__ == "__main__":

@@ -72,8 +72,9 @@ def dataset_model_config(model_cfg, data_path: str):
     return get_config(model_cfg, **changes) if changes else model_cfg
 
 
-def validate_puzzle_run(run, workdir) -> Any:
-    """Check a reasoner run before anything is written; returns the run with the dataset's sizes applied."""
+def validate_puzzle_run(run, workdir=None) -> Any:
+    """Check a reasoner run (and ``workdir``, when given) before anything is written; returns the run with the
+    dataset's sizes applied."""
     from attractor_jax.data.puzzles import load_puzzle_metadata
     from attractor_jax.train.trainer import check_workdir
 
@@ -101,7 +102,8 @@ def validate_puzzle_run(run, workdir) -> Any:
     if run.train.batch_size % n_data:
         raise ValueError(f"train.batch_size={run.train.batch_size} is not divisible by the {n_data} data-parallel "
                          f"devices of mesh {run.train.mesh!r}")
-    check_workdir(run, workdir)
+    if workdir is not None:
+        check_workdir(run, workdir)
     return run
 
 
@@ -224,7 +226,13 @@ def train_puzzles(run, workdir, *, stop_after: int | None = None,
                   on_log: Callable[[dict], None] | None = None) -> dict:
     """Train (or resume) a reasoner ``run`` in ``workdir`` (module docstring). Returns a summary dict."""
     from attractor_jax.data.puzzles import make_puzzle_pipeline
-    from attractor_jax.train.trainer import _Progress, _write_json_atomic, close_run, install_sigterm
+    from attractor_jax.train.trainer import (
+        _Progress,
+        _write_json_atomic,
+        close_run,
+        install_sigterm,
+        restore_or_init,
+    )
 
     run = validate_puzzle_run(run, workdir)
     wd = pathlib.Path(workdir)
@@ -242,15 +250,7 @@ def train_puzzles(run, workdir, *, stop_after: int | None = None,
     train_it = make_puzzle_pipeline(run.data.path, "train", batch_size=run.train.batch_size, seed=run.train.seed,
                                     process_index=jax.process_index(), process_count=jax.process_count())
     ckpt = Checkpointer(wd, keep=run.train.keep, async_save=run.train.async_checkpoint)
-    restored = ckpt.restore(ps.abstract_sharded(), train_it)
-    if restored is None:
-        state = jax.jit(ps.init, out_shardings=ps.state_shardings)()
-        start = 0
-        MetricsWriter.truncate_after(wd, -1)
-    else:
-        start, state, _ = restored
-        MetricsWriter.truncate_after(wd, start)
-        print(f"resuming from step {start} in {wd}")
+    start, state = restore_or_init(ckpt, ps.abstract_sharded(), train_it, ps.init, ps.state_shardings, wd)
     writer = MetricsWriter(wd, tensorboard=run.train.tensorboard)
 
     stop, old_handler = install_sigterm()

@@ -382,6 +382,20 @@ def _write_json_atomic(path: pathlib.Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def restore_or_init(ckpt: Checkpointer, abstract_sharded: Any, data_iter: Any, init: Callable[[], Any],
+                    shardings: Any, workdir: pathlib.Path) -> tuple[int, Any]:
+    """``(start_step, state)``: the newest readable checkpoint (and the data position, restored into
+    ``data_iter``), or a fresh sharded ``init()`` at step 0. metrics.jsonl is cut back to the start step."""
+    restored = ckpt.restore(abstract_sharded, data_iter)
+    if restored is None:
+        MetricsWriter.truncate_after(workdir, -1)
+        return 0, jax.jit(init, out_shardings=shardings)()
+    start, state, _ = restored
+    MetricsWriter.truncate_after(workdir, start)
+    print(f"resuming from step {start} in {workdir}")
+    return start, state
+
+
 def install_sigterm() -> tuple[dict, Any]:
     """Catch SIGTERM (pre-emption): returns ``(stop, old_handler)``; ``stop["signal"]`` is set when it arrives,
     and the loop checkpoints and ends. Outside the main thread nothing is installed (the caller handles it)."""
@@ -486,15 +500,7 @@ def train(run: RunConfig, workdir: str | os.PathLike, *, stop_after: int | None 
     ckpt = Checkpointer(wd, keep=run.train.keep, async_save=run.train.async_checkpoint)
     abstract_sharded = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_sh)
-    restored = ckpt.restore(abstract_sharded, train_it)
-    if restored is None:
-        state = jax.jit(init, out_shardings=state_sh)()
-        start = 0
-        MetricsWriter.truncate_after(wd, -1)
-    else:
-        start, state, _ = restored
-        MetricsWriter.truncate_after(wd, start)
-        print(f"resuming from step {start} in {wd}")
+    start, state = restore_or_init(ckpt, abstract_sharded, train_it, init, state_sh, wd)
     writer = MetricsWriter(wd, tensorboard=run.train.tensorboard)
 
     counts = param_counts(model_cfg)
@@ -586,7 +592,7 @@ def evaluate(workdir: str | os.PathLike, depths: list[int | None] | None = None,
         from attractor_jax.train.puzzle_trainer import evaluate_puzzles, validate_puzzle_run
 
         if data_path is not None:  # another dataset: it must have the sizes the model was trained with
-            check = validate_puzzle_run(run, wd / "_never_created")
+            check = validate_puzzle_run(run)
             if check.model != run.model:
                 raise ValueError(f"data {data_path!r} does not match the run's model (seq_len, vocab or puzzle "
                                  "identifiers differ)")

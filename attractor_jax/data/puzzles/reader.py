@@ -124,7 +124,7 @@ class _Batches:
         self.meta = data.metadata
         self.B, self.b, self.offset = global_batch, local_batch, offset
         self.seed, self.shuffle = seed, shuffle
-        self._len = sys.maxsize if num_batches is None else num_batches
+        self.set_num_batches(num_batches)
         psize = np.diff(data.puzzle_indices)
         self.group_take = np.minimum.reduceat(psize, data.group_indices[:-1]).astype(np.int64)
         self.single = bool(np.all(psize == 1))
@@ -134,6 +134,10 @@ class _Batches:
 
     def __len__(self) -> int:
         return self._len
+
+    def set_num_batches(self, num_batches: int | None) -> None:
+        """Bound the source to `num_batches` batches (None: unbounded); set once, before iteration."""
+        self._len = sys.maxsize if num_batches is None else num_batches
 
     def epoch_table(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(example index, puzzle index) of every position of the epoch's stream."""
@@ -283,16 +287,16 @@ def make_puzzle_pipeline(
         raise ValueError(f"batch_size={batch_size} is invalid: expected a multiple of process_count={pcount}")
     local = batch_size // pcount
     data = PuzzleSplit(path, split, set_name)
-    probe = _Batches(
+    src = _Batches(
         data,
         global_batch=batch_size,
         local_batch=local,
         offset=pidx * local,
         seed=seed,
         shuffle=bool(shuffle),
-        num_batches=0,
+        num_batches=None,
     )
-    E = probe.epoch_len
+    E = src.epoch_len
     if shuffle:
         num_batches = None if num_epochs is None else (num_epochs * E) // batch_size
         if num_batches == 0:
@@ -302,15 +306,7 @@ def make_puzzle_pipeline(
             )
     else:
         num_batches = math.ceil(E / batch_size)
-    src = _Batches(
-        data,
-        global_batch=batch_size,
-        local_batch=local,
-        offset=pidx * local,
-        seed=seed,
-        shuffle=bool(shuffle),
-        num_batches=num_batches,
-    )
+    src.set_num_batches(num_batches)
     read = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
     it = PuzzleIterator(grain.MapDataset.source(src).to_iter_dataset(read).__iter__())
     it.metadata, it.split = data.metadata, split
