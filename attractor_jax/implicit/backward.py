@@ -80,7 +80,8 @@ class Neumann:
 class Phantom:
     """Backpropagate through y_{i+1} = (1 - damping) y_i + damping f(y_i), i < k, from y_0 = stop_gradient(y*).
 
-    The returned value is y_k (equal to y* up to the solver tolerance).
+    The returned *value* is y* itself (so that the solve's statistics describe it); its *gradient* is that of y_k
+    (a straight-through y* + y_k - stop_gradient(y_k)). y_k and y* agree up to the solver tolerance.
     """
 
     k: int = 2
@@ -97,5 +98,3 @@ class Phantom:
 class Unrolled:
     """Backpropagate through every solver iteration (a fixed ``max_iter``-step scan). For comparisons only."""
 
-
-BACKWARDS = (IFT, Neumann, Phantom, Unrolled)

@@ -24,18 +24,21 @@ _PROBE_FIELDS = 4  # iterations, residual, converged, diverged
 class BatchLayout:
     """Maps a pytree with shared batch axes to a flat ``[S, N]`` solver state and back.
 
-    ``batch_axis``: an int, a tuple of ints (flattened together into the sample axis, e.g. ``(0, 1)`` for per-token
-    statistics of a ``[B, T, D]`` state), or None (the whole pytree is one sample).
+    ``batch_axis``: an int, a tuple of ints (flattened together into the sample axis), or None (no batch axes).
+    ``causal_axis``: an optional further sample axis along which samples are causally coupled (position t of the
+    map reads positions <= t, e.g. tokens under causal attention). It is flattened last, so that each run of
+    ``seq_len`` consecutive samples is one sequence in order. With neither, the whole pytree is one sample.
     """
 
-    def __init__(self, tree: Any, batch_axis: int | Sequence[int] | None):
+    def __init__(self, tree: Any, batch_axis: int | Sequence[int] | None, causal_axis: int | None = None):
         leaves, self.treedef = jax.tree_util.tree_flatten(tree)
         if not leaves:
             raise ValueError("fixed_point: y0 has no array leaves")
-        self.unbatched = batch_axis is None
         axes_spec = () if batch_axis is None else (batch_axis,) if isinstance(batch_axis, int) else tuple(batch_axis)
+        if causal_axis is not None and not isinstance(causal_axis, int):
+            raise ValueError(f"fixed_point: causal_axis={causal_axis!r} must be an int or None")
         self.axes, self.moved_shapes, self.dtypes = [], [], []
-        batch_shape = None
+        batch_shape, self.seq_len = None, None
         for leaf in leaves:
             leaf = jnp.asarray(leaf)
             if not jnp.issubdtype(leaf.dtype, jnp.inexact):
@@ -46,6 +49,14 @@ class BatchLayout:
                 raise ValueError(
                     f"fixed_point: batch_axis={batch_axis!r} is not valid for a y0 leaf of shape {leaf.shape}"
                 )
+            if causal_axis is not None:
+                if not -leaf.ndim <= causal_axis < leaf.ndim or causal_axis % leaf.ndim in axes:
+                    raise ValueError(
+                        f"fixed_point: causal_axis={causal_axis!r} is not valid for a y0 leaf of shape "
+                        f"{leaf.shape} with batch_axis={batch_axis!r} (it must be another axis of every leaf)"
+                    )
+                axes = axes + (causal_axis % leaf.ndim,)
+                self.seq_len = leaf.shape[axes[-1]]
             shape = tuple(leaf.shape[a] for a in axes)
             if batch_shape is None:
                 batch_shape = shape
@@ -58,6 +69,9 @@ class BatchLayout:
             self.moved_shapes.append(shape + rest)
             self.dtypes.append(leaf.dtype)
         self.batch_shape = batch_shape
+        # Statistics are returned with their axes in the order they have in y0 (the causal axis may come first).
+        self._stat_perm = tuple(int(i) for i in sorted(range(len(self.axes[0])), key=lambda i: self.axes[0][i]))
+        self.stats_shape = tuple(batch_shape[i] for i in self._stat_perm)
         self.samples = math.prod(batch_shape)
         self.sizes = [math.prod(s[len(batch_shape):]) for s in self.moved_shapes]
         self.dtype = jnp.result_type(*self.dtypes)
@@ -80,8 +94,16 @@ class BatchLayout:
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
 
     def per_sample(self, a: jax.Array) -> jax.Array:
-        """Reshape an ``[S, ...]`` per-sample array to ``batch_shape + [...]``."""
-        return a.reshape(self.batch_shape + a.shape[1:])
+        """Reshape an ``[S, ...]`` per-sample array to ``stats_shape + [...]`` (the sample axes in y0's order)."""
+        a = a.reshape(self.batch_shape + a.shape[1:])
+        n = len(self.batch_shape)
+        return jnp.transpose(a, self._stat_perm + tuple(range(n, a.ndim)))
+
+    def from_per_sample(self, a: jax.Array) -> jax.Array:
+        """Inverse of `per_sample`: ``stats_shape + [...]`` back to ``[S, ...]``."""
+        n = len(self.batch_shape)
+        inv = tuple(self._stat_perm.index(i) for i in range(n))
+        return jnp.transpose(a, inv + tuple(range(n, a.ndim))).reshape((self.samples,) + a.shape[n:])
 
 
 def adjoint_probe(batch_shape: Sequence[int] | int = ()) -> jax.Array:
@@ -117,10 +139,11 @@ def _pack_stats(stats: SolverStats) -> jax.Array:
     )
 
 
-def _neumann(vjp_y: Callable, v: jax.Array, k: int, clip: float | None) -> jax.Array:
+def _neumann(apply_a: Callable, v: jax.Array, k: int, clip: float | None) -> jax.Array:
+    """u = v + A v + ... + A^k v, each term optionally clipped per sample: ||A t|| <= clip ||t||."""
     u, term = v, v
     for _ in range(k):
-        nxt = vjp_y(term)
+        nxt = apply_a(term)
         if clip is not None:
             ratio = jnp.sqrt(_sq_norm(nxt)) / jnp.maximum(jnp.sqrt(_sq_norm(term)), 1e-30)
             nxt = nxt * jnp.minimum(1.0, clip / jnp.maximum(ratio, 1e-30))[:, None].astype(nxt.dtype)
@@ -129,8 +152,21 @@ def _neumann(vjp_y: Callable, v: jax.Array, k: int, clip: float | None) -> jax.A
     return u
 
 
-def _ift(vjp_y: Callable, v: jax.Array, backward: IFT, forward: _Solver) -> tuple[jax.Array, SolverStats]:
-    """Solve u = v + J^T u (i.e. (I - J^T) u = v) per sample."""
+def _adjoint(vjp_y: Callable, v: jax.Array, backward, forward: _Solver, seq_len: int | None):
+    """Solve u = v + J^T u (i.e. (I - J^T) u = v) per sample, or its Neumann truncation; returns (u, stats).
+
+    J^T couples positions anti-causally when the forward map is causal, so a causal layout's adjoint is solved
+    with the mirrored (reverse) freezing rule.
+    """
+    s = v.shape[:1]
+    if isinstance(backward, Neumann):
+        u = _neumann(vjp_y, v, backward.k, backward.clip)
+        return u, SolverStats(
+            iterations=jnp.full(s, backward.k, jnp.int32),
+            residual=jnp.full(s, jnp.nan, jnp.float32),  # a truncation measures no residual
+            converged=jnp.zeros(s, bool),
+            diverged=~jnp.all(jnp.isfinite(u), axis=-1),
+        )
     if backward.solver == "gmres":
         tol = backward.tol if backward.tol is not None else forward.tol
         budget = backward.max_iter if backward.max_iter is not None else max(forward.max_iter, 1)
@@ -143,23 +179,24 @@ def _ift(vjp_y: Callable, v: jax.Array, backward: IFT, forward: _Solver) -> tupl
         u = jnp.where(ok[:, None], u, v)
         return u, SolverStats(
             iterations=jnp.full(res.shape, -1, jnp.int32),  # GMRES does not report per-sample counts
-            residual=res,
+            residual=jnp.where(ok, res, relative_residual(v + vjp_y(v), v)),
             converged=ok & (res <= tol),
             diverged=~ok,
         )
     solver = backward.adjoint_solver(forward)
-    return solver.solve(lambda u: v + vjp_y(u), v)
+    return solver.solve(lambda u: v + vjp_y(u), v, seq_len=seq_len, reverse=True)
 
 
 def _implicit(fn, solver: _Solver, backward, x0, params, probe, layout: BatchLayout):
     """custom_vjp solve: forward = solver; backward = adjoint from (x*, params) only."""
+    seq_len = layout.seq_len
 
     @jax.custom_vjp
     def run(x0, params, probe):
-        return solver.solve(lambda x: fn(x, params), x0)
+        return solver.solve(lambda x: fn(x, params), x0, seq_len=seq_len)
 
     def run_fwd(x0, params, probe):
-        x, stats = solver.solve(lambda x: fn(x, params), x0)
+        x, stats = solver.solve(lambda x: fn(x, params), x0, seq_len=seq_len)
         return (x, stats), (x, params)
 
     def run_bwd(res, ct):
@@ -167,16 +204,7 @@ def _implicit(fn, solver: _Solver, backward, x0, params, probe, layout: BatchLay
         v = ct[0]
         _, vjp = jax.vjp(fn, x_star, params)
         vjp_y = lambda w: vjp(w.astype(x_star.dtype))[0]  # noqa: E731
-        if isinstance(backward, Neumann):
-            u = _neumann(vjp_y, v, backward.k, backward.clip)
-            adj = SolverStats(
-                iterations=jnp.full(v.shape[:1], backward.k, jnp.int32),
-                residual=jnp.full(v.shape[:1], jnp.nan, jnp.float32),
-                converged=jnp.zeros(v.shape[:1], bool),
-                diverged=~jnp.all(jnp.isfinite(u), axis=-1),
-            )
-        else:
-            u, adj = _ift(vjp_y, v, backward, solver)
+        u, adj = _adjoint(vjp_y, v, backward, solver, seq_len)
         params_ct = vjp(u)[1]
         probe_ct = None if probe is None else layout.per_sample(_pack_stats(adj)).reshape(probe.shape)
         return None, params_ct, probe_ct
@@ -192,18 +220,28 @@ def fixed_point(
     solver: _Solver | None = None,
     backward: IFT | Neumann | Phantom | Unrolled | None = None,
     batch_axis: int | Sequence[int] | None = 0,
+    causal_axis: int | None = None,
     probe: jax.Array | None = None,
 ) -> Solution:
     """Solve y* = f(y*, *args) starting from ``y0`` and return a :class:`Solution` (value + per-sample stats).
 
-    f:          ``f(y, *args) -> y_next`` with the pytree structure, shapes and dtypes of ``y``.
-    y0:         initial iterate (a pytree of float arrays sharing the batch axes). Receives no gradient except under
-                `Unrolled` (and trivially when ``max_iter == 0``, where the solution is ``y0`` itself).
-    args:       pytrees of arrays (parameters, injected context); all receive gradients.
-    solver:     `Anderson()` (default), `Picard(...)` or `Broyden(...)`.
-    backward:   `IFT()` (default), `Neumann(k, clip)`, `Phantom(k, damping)` or `Unrolled()`.
-    batch_axis: axis (or tuple of axes) indexing independent samples; None for one unbatched problem.
-    probe:      optional `adjoint_probe(batch_shape)`; its gradient carries the IFT/Neumann adjoint statistics.
+    f:           ``f(y, *args) -> y_next`` with the pytree structure, shapes and dtypes of ``y``.
+    y0:          initial iterate (a pytree of float or complex arrays sharing the batch axes). Receives no gradient
+                 except under `Unrolled` (and trivially when ``max_iter == 0``, where the solution is ``y0``).
+    args:        pytrees of arrays (parameters, injected context); all receive gradients.
+    solver:      `Anderson()` (default), `Picard(...)` or `Broyden(...)`.
+    backward:    `IFT()` (default), `Neumann(k, clip)`, `Phantom(k, damping)` or `Unrolled()`.
+    batch_axis:  axis (or tuple of axes) indexing independent samples; None for none.
+    causal_axis: an axis along which samples are *causally coupled* (f at position t reads positions <= t, as
+                 tokens under causal attention do). Each position gets its own statistics and solver weights, but
+                 freezes only when it and all earlier positions pass the exit test, and the returned state is one
+                 consistent iterate of every sequence (see `attractor_jax.implicit.solvers`). Samples that interact
+                 but are not causal must share one sample (leave their axis out of both).
+    probe:       optional `adjoint_probe(stats_shape)`; its gradient carries the IFT/Neumann adjoint statistics.
+
+    The returned value is a point at which f was evaluated, and ``stats`` describe exactly that point (its
+    relative residual ||f(y) - y|| / ||y||, and whether it passes the exit test). Statistics have the shape of the
+    sample axes (batch axes, then the causal axis, in y0's axis order).
     """
     solver = Anderson() if solver is None else solver
     backward = IFT() if backward is None else backward
@@ -211,11 +249,11 @@ def fixed_point(
         raise TypeError(f"fixed_point: solver={solver!r} must be Anderson, Picard or Broyden")
     if not isinstance(backward, (IFT, Neumann, Phantom, Unrolled)):
         raise TypeError(f"fixed_point: backward={backward!r} must be IFT, Neumann, Phantom or Unrolled")
-    layout = BatchLayout(y0, batch_axis)
-    if probe is not None and tuple(probe.shape) != layout.batch_shape + (_PROBE_FIELDS,):
+    layout = BatchLayout(y0, batch_axis, causal_axis)
+    if probe is not None and tuple(probe.shape) != layout.stats_shape + (_PROBE_FIELDS,):
         raise ValueError(
-            f"fixed_point: probe has shape {tuple(probe.shape)}, expected {layout.batch_shape + (_PROBE_FIELDS,)} "
-            "(use adjoint_probe(batch_shape))"
+            f"fixed_point: probe has shape {tuple(probe.shape)}, expected {layout.stats_shape + (_PROBE_FIELDS,)} "
+            "(use adjoint_probe(stats_shape))"
         )
 
     def finish(x, stats: SolverStats) -> Solution:
@@ -235,14 +273,17 @@ def fixed_point(
         a, c = params
         return layout.flatten(f_conv(layout.unflatten(x), *a, *c))
 
+    seq_len = layout.seq_len
     if isinstance(backward, Unrolled):
-        return finish(*solver.solve(lambda x: fn(x, params), x0, differentiable=True))
+        return finish(*solver.solve(lambda x: fn(x, params), x0, differentiable=True, seq_len=seq_len))
     if isinstance(backward, Phantom):
         x_star, stats = solver.solve(
-            lambda x: fn(x, jax.lax.stop_gradient(params)), jax.lax.stop_gradient(x0)
+            lambda x: fn(x, jax.lax.stop_gradient(params)), jax.lax.stop_gradient(x0), seq_len=seq_len
         )
-        x = jax.lax.stop_gradient(x_star)
+        x_star = jax.lax.stop_gradient(x_star)
+        x = x_star
         for _ in range(backward.k):
             x = x + backward.damping * (fn(x, params) - x)
-        return finish(x, stats)
+        # The value is y* itself (so the statistics describe it); the gradient is that of the k phantom steps.
+        return finish(x_star + (x - jax.lax.stop_gradient(x)), stats)
     return finish(*_implicit(fn, solver, backward, jax.lax.stop_gradient(x0), params, probe, layout))

@@ -11,12 +11,19 @@ import jax
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class SolverStats:
-    """Per-sample statistics of a solve. Every field has the shape of the batch axes (``[]`` when unbatched).
+    """Per-sample statistics of a solve, describing exactly the returned value. Every field has the shape of the
+    sample axes (``[]`` when there are none).
 
-    iterations: int32, f-evaluations spent on the sample before it converged, diverged or hit ``max_iter``.
-    residual:   float32, relative residual ||f(y) - y|| / ||y|| of the returned iterate (inf when max_iter = 0).
-    converged:  bool, residual < tol reached after at least ``min_iter`` evaluations.
-    diverged:   bool, the sample produced a non-finite or blown-up residual; its value is its best finite iterate.
+    iterations: int32, f-evaluations spent on the sample before it exited (converged or diverged) or the solve
+                hit ``max_iter``. For a causal layout a position keeps iterating until its whole prefix exits.
+    residual:   float32, the relative residual ||f(y) - y|| / ||y|| of the returned y (measured when f was
+                evaluated at y; inf when ``max_iter = 0``, where nothing was evaluated). Adjoint statistics of a
+                Neumann truncation report NaN (nothing is measured).
+    converged:  bool, the returned y passes the exit test ||f(y) - y|| <= atol + tol ||y|| (and at least
+                ``min_iter`` evaluations were made, and it did not diverge).
+    diverged:   bool, the sample (for a causal layout: it or an earlier position) produced a non-finite or
+                blown-up residual. An independent sample then returns its best finite measured point; a causal
+                position returns the state it was evaluated at, with the residual measured there.
     """
 
     iterations: jax.Array

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from attractor_jax.nn.config import ATTENTION_IMPLS, DTYPES, MLP_TYPES, BlockConfig
 
 SOLVER_KINDS = ("anderson", "picard", "broyden")
+MIXINGS = ("token", "sequence")
 BACKWARD_KINDS = ("neumann", "ift", "phantom", "unrolled")
 IFT_SOLVERS = ("anderson", "picard", "broyden", "gmres")
 
@@ -36,28 +37,58 @@ def _check_positive(owner: str, **values: Any) -> None:
 class SolverConfig:
     """Forward solver of the attractor head (see ``attractor_jax.implicit``).
 
-    ``beta``/``m``/``ridge`` are Anderson's mixing, window and relative ridge; ``damping`` is Picard's;
-    ``memory`` is Broyden's rank.
+    ``tol`` is the relative tolerance and ``atol`` the absolute one: a token exits when
+    ||f(y) − y|| <= atol + tol·||y||. ``beta``/``m``/``ridge``/``restart`` are Anderson's mixing, window, relative
+    ridge and restart safeguard; ``damping`` is Picard's; ``memory`` is Broyden's rank.
+
+    ``mixing``: ``"token"`` (default) solves per token along the causal sequence (``causal_axis``): each token has
+    its own Anderson weights and statistics, and freezes once it and every earlier token of its sequence pass the
+    exit test, which keeps the solve exactly causal. ``"sequence"`` is the reference's solver: one sample per
+    sequence (the flattened [T·d] state), one set of Anderson weights and one residual per sequence (reported on
+    every token of it); the batch stops when every sequence has converged. It is not exactly causal (a later
+    token's residual moves earlier tokens' weights and stopping), and it is the only choice for a non-causal head.
+
+    ``bf16_tol``: the relative tolerance used instead of ``tol`` when the model computes in bfloat16 or float16.
+    The head's products then carry ~2^-8 relative rounding, so f has a residual floor near 1e-3 relative below
+    which no solver converges; None keeps ``tol`` (and a tol below the floor then runs every token to max_iter).
+
+    ``max_iter`` 1 or 2 takes that many plain steps y ← f(y, c) (the paper's T = 1, 2 readouts), differentiated
+    through the steps (the configured backward is for a solved fixed point, not for a truncated iteration), plus
+    one evaluation that measures the residual of the returned state: ``iterations`` reports max_iter + 1.
     """
 
     kind: str = "anderson"
     max_iter: int = 64
     min_iter: int = 6
     tol: float = 3e-4
+    atol: float = 0.0
     m: int = 5
     beta: float = 1.0
     ridge: float = 1e-4
+    restart: bool = True
     damping: float = 1.0
     memory: int = 20
+    mixing: str = "token"
+    bf16_tol: float | None = 4e-3
 
     def __post_init__(self):
         _check_choice("solver", "kind", self.kind, SOLVER_KINDS)
+        _check_choice("solver", "mixing", self.mixing, MIXINGS)
         if not (isinstance(self.max_iter, int) and self.max_iter >= 0):
             raise ValueError(f"solver.max_iter={self.max_iter!r} must be an int >= 0")
         if not (isinstance(self.min_iter, int) and self.min_iter >= 0):
             raise ValueError(f"solver.min_iter={self.min_iter!r} must be an int >= 0")
         if not self.tol >= 0:
             raise ValueError(f"solver.tol={self.tol!r} must be >= 0")
+        if not self.atol >= 0:
+            raise ValueError(f"solver.atol={self.atol!r} must be >= 0")
+        if self.bf16_tol is not None and not self.bf16_tol >= 0:
+            raise ValueError(f"solver.bf16_tol={self.bf16_tol!r} must be >= 0 or None")
+
+    def tol_for(self, dtype: str) -> float:
+        """The relative tolerance in force for a compute dtype (``bf16_tol`` for bfloat16/float16)."""
+        low = dtype in ("bfloat16", "float16")
+        return self.bf16_tol if low and self.bf16_tol is not None else self.tol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +289,11 @@ class AttractorConfig(LMConfig):
             )
         if not self.gamma_max > 0:
             raise ValueError(f"attractor.gamma_max={self.gamma_max!r} must be > 0")
+        if self.solver.mixing == "token" and not self.causal:
+            raise ValueError(
+                "attractor: solver.mixing='token' needs a causal head (causal=True); a non-causal head couples "
+                "every token with every other, so use solver.mixing='sequence'"
+            )
 
 
 POS_ENCODINGS = ("rope", "learned", "none")

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attractor_jax import implicit
-from attractor_jax.models.attractor import make_backward, make_solver
+from attractor_jax.models.attractor import make_backward, make_solver, plain_steps
 from attractor_jax.models.config import AttractorReasonerConfig, TRMConfig
 from attractor_jax.nn import Embed, Linear
 from attractor_jax.nn.attention import dot_product_attention
@@ -465,8 +465,8 @@ class AttractorReasoner(TRM):
         if mi < 0:
             raise ValueError(f"AttractorReasoner: max_iter={max_iter!r} must be >= 0")
         if 0 < mi <= 2:  # plain steps, differentiated through when training (as AttractorLM)
-            return implicit.Picard(tol=0.0, max_iter=mi, min_iter=mi, keep_best=False), implicit.Unrolled()
-        return make_solver(sc, mi, tol), make_backward(self.config.backward, sc)
+            return plain_steps(mi)
+        return make_solver(sc, mi, tol, self.config.dtype), make_backward(self.config.backward, sc)
 
     def l_map(self, z_BTD: jax.Array, ctx_BTD: jax.Array) -> jax.Array:
         """The fixed-point map f(z) = L(z + ctx) (ctx = z_H + x)."""

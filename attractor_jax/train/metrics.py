@@ -38,7 +38,8 @@ def flops_per_token(model_config: Any, counts: Mapping[str, Any], seq_len: int,
     * explicitly backpropagated weights (backbone, the tied unembedding): 6 N;
     * a Parcae core: 6 N_core per recurrence with gradient (``mean_backprop_depth``) and 2 N_core per recurrence
       without (``mean_recurrence - mean_backprop_depth``);
-    * an attractor head: 2 N_h per forward f-evaluation (``f_evals``, measured), 2 N_h for the evaluation at
+    * an attractor head: 2 N_h per forward f-evaluation (``f_evals``, measured: the batch's largest per-token
+      count, since every token is evaluated until the last one exits), 2 N_h for the evaluation at
       y* kept for the backward, and 4 N_h per VJP in the backward (``backward_vjps``: Neumann k + 1, Phantom k,
       IFT iterations + 1);
     * causal attention scores and values: 2 · 2 · T · d / 2 per layer per forward pass, scaled likewise.

@@ -548,8 +548,9 @@ def train(run: RunConfig, workdir: str | os.PathLike, *, stop_after: int | None 
                 now = time.perf_counter()
                 tps = tokens_per_step * (step - last_step) / (now - last_t) if step > last_step else float("nan")
                 last_t, last_step = now, step
+                # Every token is evaluated until the batch's last one exits: count the evaluations actually run.
                 fpt = flops_per_token(model_cfg, counts, run.train.seq_len,
-                                      float(metrics.get("solver_iters", 0.0)), vjps)
+                                      float(metrics.get("solver_iters_max", 0.0)), vjps)
                 row = dict(metrics, ppl=float(math.exp(min(float(metrics["loss"]), 50.0))),
                            tokens_per_s=tps, flops_per_token=fpt)
                 if peak:

@@ -49,10 +49,13 @@ def test_picard_statistics_are_exact_on_a_mixed_batch(x64):
     assert want[0] < want[1] < want[2] < want[3]
     assert bool(jnp.all(sol.stats.converged))
     np.testing.assert_allclose(np.asarray(sol.value[:, 0]), 1.0 / (1.0 - np.asarray(a)), rtol=tol / (1 - 0.97))
-    # The returned value is f(x_{k-1}) = x_k for the converging evaluation k.
+    # The returned value is the measured point x_{k-1} of the converging evaluation k, and the reported residual
+    # is exactly its closed-form residual.
     for i, ai in enumerate(np.asarray(a)):
         k = want[i]
-        assert float(sol.value[i, 0]) == pytest.approx((1 - ai ** k) / (1 - ai), rel=1e-12)
+        assert float(sol.value[i, 0]) == pytest.approx((1 - ai ** (k - 1)) / (1 - ai), rel=1e-12)
+        want_res = ai ** (k - 1) * (1 - ai) / (1 - ai ** (k - 1))
+        assert float(sol.stats.residual[i]) == pytest.approx(want_res, rel=1e-6)
 
 
 @pytest.mark.parametrize("cls", SOLVERS)
@@ -76,17 +79,27 @@ def test_max_iter_zero_one_and_min_iter(cls):
     sol0 = aj.fixed_point(f, y0, w, b, solver=cls(max_iter=0))
     np.testing.assert_array_equal(np.asarray(sol0.value), np.asarray(y0))
     assert int(sol0.stats.iterations.max()) == 0 and not bool(sol0.stats.converged.any())
+    # One evaluation measures y0: y0 is returned with its exact residual.
     sol1 = aj.fixed_point(f, y0, w, b, solver=cls(max_iter=1, tol=0.0))
-    np.testing.assert_allclose(np.asarray(sol1.value), np.asarray(f(y0, w, b)), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(sol1.value), np.asarray(y0))
+    want = np.linalg.norm(f(y0, w, b) - y0, axis=-1) / np.linalg.norm(y0, axis=-1)
+    np.testing.assert_allclose(np.asarray(sol1.stats.residual), want, rtol=1e-6)
+    # Two evaluations: the first step of every solver is the plain step, so f(y0) is returned.
+    sol2 = aj.fixed_point(f, y0, w, b, solver=cls(max_iter=2, tol=0.0))
+    np.testing.assert_allclose(np.asarray(sol2.value), np.asarray(f(y0, w, b)), rtol=1e-6)
     sol_min = aj.fixed_point(f, y0, w, b, solver=cls(tol=10.0, min_iter=7, max_iter=20))
     np.testing.assert_array_equal(np.asarray(sol_min.stats.iterations), [7, 7, 7])
 
 
 def test_two_picard_steps_with_tol_zero():
+    # Three evaluations, last point kept: f(f(b)), with the residual measured there by the third evaluation.
     f, w, b = tanh_problem()
-    sol = aj.fixed_point(f, b, w, b, solver=aj.Picard(max_iter=2, tol=0.0))
-    np.testing.assert_allclose(np.asarray(sol.value), np.asarray(f(f(b, w, b), w, b)), rtol=1e-6)
-    np.testing.assert_array_equal(np.asarray(sol.stats.iterations), [2, 2, 2])
+    sol = aj.fixed_point(f, b, w, b, solver=aj.Picard(max_iter=3, tol=0.0, keep_best=False))
+    y2 = f(f(b, w, b), w, b)
+    np.testing.assert_allclose(np.asarray(sol.value), np.asarray(y2), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(sol.stats.iterations), [3, 3, 3])
+    want = np.linalg.norm(f(y2, w, b) - y2, axis=-1) / np.linalg.norm(y2, axis=-1)
+    np.testing.assert_allclose(np.asarray(sol.stats.residual), want, rtol=1e-5)
 
 
 def test_anderson_beats_picard_on_a_slow_contraction():

@@ -55,13 +55,18 @@ def test_max_iter_zero_decodes_c_and_one_two_are_plain_steps():
         f = lambda y: m.head(y + c) - y  # noqa: E731
         y1 = f(c)
         y2 = f(y1)
+        rel = lambda y: jnp.linalg.norm(f(y) - y, axis=-1) / jnp.linalg.norm(y, axis=-1)  # noqa: E731
         outs = [m(t, max_iter=k) for k in (0, 1, 2)]
-        return [m.decode(c), m.decode(y1), m.decode(y2)], outs
+        return [m.decode(c), m.decode(y1), m.decode(y2)], [rel(y1), rel(y2)], outs
 
-    expect, outs = run(st, _tokens())
+    expect, residuals, outs = run(st, _tokens())
     for k, (want, (got, aux)) in enumerate(zip(expect, outs)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
-        assert int(aux["iterations"].max()) == k and int(aux["iterations"].min()) == k
+        # k plain steps, plus one evaluation that measures the returned state's residual
+        evals = k + 1 if k else 0
+        assert int(aux["iterations"].max()) == evals and int(aux["iterations"].min()) == evals
+        if k:
+            np.testing.assert_allclose(np.asarray(aux["residual"]), np.asarray(residuals[k - 1]), rtol=1e-4)
     assert float(outs[0][1]["head_contribution"].max()) == 0.0
 
 

@@ -29,32 +29,31 @@ def _model(**kw):
     return M.create_model("attractor-tiny", **SMALL, **kw)
 
 
-def test_defaults_are_additive_proposal_and_match_the_reference_map_bit_for_bit():
+def test_default_model_decodes_the_fixed_point_of_the_additive_map():
+    # Oracle independent of the solver: plain iteration y <- H(y + c) - y from c in float64, run long past
+    # convergence, decoded by hand. The default model (additive injection, proposal start, Anderson, causal
+    # per-token freezing) must give the same logits to its tolerance; init_only must not (a different map).
     cfg = M.get_config("attractor-tiny")
     assert (cfg.injection, cfg.solve_init) == ("additive", "proposal")
-    model = _model()
-    explicit = _model(injection="additive", solve_init="proposal")
+    kw = {**SMALL, "layer_scale_init": 0.25, "solver.tol": 1e-6, "solver.max_iter": 60}
+    model = M.create_model("attractor-tiny", **kw)
+    other = M.create_model("attractor-tiny", **kw, injection="init_only")
+    nnx.update(other, nnx.state(model))
     gd, st = nnx.split(model)
-    gd2, st2 = nnx.split(explicit)
-    assert jax.tree_util.tree_structure(st) == jax.tree_util.tree_structure(st2)
-    assert "inject" not in str(jax.tree_util.tree_structure(st))
-
-    @jax.jit
-    def run(st, st2, t):
-        m, m2 = nnx.merge(gd, st), nnx.merge(gd2, st2)
-        c = m.encode(t)
-        hd, hs = nnx.split(m.head)
-        # the pre-variant solve: f(y, c) = H(y + c) - y from the detached proposal
-        ref = aj.fixed_point(
-            lambda y, c, s: nnx.merge(hd, s)(y + c) - y, jax.lax.stop_gradient(c), c, hs,
-            solver=M.make_solver(m.config.solver), backward=M.make_backward(m.config.backward, m.config.solver),
-            batch_axis=(0, 1),
-        )
-        return m(t)[0], m2(t, key=jax.random.key(3))[0], m.decode(ref.value)
-
-    a, b, want = run(st, st2, _tokens())
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(want))
+    t = _tokens()
+    logits, aux = jax.jit(lambda st, t: nnx.merge(gd, st)(t))(st, t)
+    assert bool(aux["converged"].all())
+    with jax.enable_x64(True):
+        m = nnx.merge(gd, jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), st))
+        c = m.encode(t).astype(jnp.float64)
+        y = c
+        for _ in range(300):
+            y = m.head(y + c) - y
+        assert float(jnp.max(jnp.abs(m.head(y + c) - y - y))) < 1e-6  # converged (the head computes in float32)
+        want = np.asarray(m.decode(y))
+    # A relative residual r leaves |y - y*| <= r |y| / (1 - rho); logits move by at most that times |E|/|y|.
+    np.testing.assert_allclose(np.asarray(logits), want, atol=1e-4)
+    assert float(np.abs(np.asarray(other(t)[0]) - want).max()) > 1e-2
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(v.values()))
