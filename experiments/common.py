@@ -99,11 +99,14 @@ def read_curve(workdir: pathlib.Path) -> list[dict]:
     return [{k: r[k] for k in keep if k in r} for r in rows if "loss" in r]
 
 
-def evaluate_with_stats(workdir: pathlib.Path, depths: list[int | None], batches: int | None = None) -> dict:
-    """Validation loss/ppl by depth of the latest checkpoint (on the validation batches of seed 0), plus (for the attractor) mean f-evaluations per
-    token, the fraction of tokens whose solve converged and the mean final relative residual.
+def evaluate_with_stats(workdir: pathlib.Path, depths: list[int | None], batches: int | None = None,
+                        model_overrides: dict[str, Any] | None = None) -> dict:
+    """Validation loss/ppl by depth of the latest checkpoint (on the validation batches of seed 0), plus (for the
+    attractor) mean f-evaluations per token, the evaluations the batch ran (its largest per-token count), the
+    fraction of tokens whose solve converged and the mean and largest final relative residual.
 
-    Mirrors ``trainer.evaluate`` but keeps the model's aux outputs. Keys: ``"0"``, ``"1"``, ..., ``"full"``.
+    Mirrors ``trainer.evaluate`` but keeps the model's aux outputs. ``model_overrides`` changes fields that do
+    not change parameters (``dtype``, ``solver.*``). Keys: ``"0"``, ``"1"``, ..., ``"full"``.
     """
     import jax.numpy as jnp
     from flax import nnx
@@ -117,6 +120,8 @@ def evaluate_with_stats(workdir: pathlib.Path, depths: list[int | None], batches
     # The validation rows are drawn with train.seed: fix it so every run (any seed, any model) is scored on the
     # same validation batches. The parameters come from the checkpoint, not from the seed.
     run = dataclasses.replace(run, train=dataclasses.replace(run.train, seed=0))
+    if model_overrides:
+        run = dataclasses.replace(run, model=get_config(run.model, **model_overrides))
     if batches is not None:
         run = dataclasses.replace(run, train=dataclasses.replace(run.train, eval_batches=batches))
     _, mesh, graphdef, _, _, abstract_state, state_sh = setup(run)
@@ -136,9 +141,11 @@ def evaluate_with_stats(workdir: pathlib.Path, depths: list[int | None], batches
         out = {"loss": cross_entropy(logits, batch["targets"])}
         if "iterations" in aux:
             out["solver_iters"] = aux["iterations"].astype(jnp.float32).mean()
+            out["solver_steps"] = aux["iterations"].max().astype(jnp.float32)
             out["converged"] = aux["converged"].astype(jnp.float32).mean()
             res = aux["residual"]
             out["residual"] = jnp.mean(jnp.where(jnp.isfinite(res), res, 0.0))
+            out["residual_max"] = jnp.max(jnp.where(jnp.isfinite(res), res, 0.0))
         return out
 
     fn = jax.jit(one, static_argnums=(2,))

@@ -234,13 +234,15 @@ class _Solver:
         measurable = finite & (norm > _EPS)
         blown = measurable & (res > self.divergence * jnp.maximum(c.low, floor))
         diverged = c.diverged | coupling.prefix_any(active & (~finite | blown))
-        settled = c.settled | coupling.prefix_all(c.settled | (active & passes & (iters >= self.min_iter)))
+        exits = active & passes & (iters >= self.min_iter)
+        settled = c.settled | coupling.prefix_all(c.settled | exits)
         settled = settled & ~diverged
         # The point to return: causal layouts and keep_best=False take the last point measured while active
-        # (for causal layouts frozen positions are re-measured at the value they hold); otherwise the lowest.
+        # (for causal layouts frozen positions are re-measured at the value they hold); otherwise the lowest, or
+        # the point at which the sample exits (it passes the test, which a lower relative residual may not).
         take = active & finite
         if self.keep_best and not causal:
-            take = take & (res < c.best_res)
+            take = take & ((res < c.best_res) | exits)
         best = jnp.where(take[:, None], c.x, c.best)
         best_res = jnp.where(take, res, c.best_res)
         best_ok = jnp.where(take, passes, c.best_ok)
@@ -355,7 +357,7 @@ class Anderson(_Solver):
         return _AndersonMemory(
             xs=jnp.zeros((s, self.m, n), x0.dtype),
             gs=jnp.zeros((s, self.m, n), x0.dtype),
-            gram=jnp.zeros((s, self.m, self.m), _acc(x0.dtype)),
+            gram=jnp.zeros((s, self.m, self.m), _real(_acc(x0.dtype))),
             count=jnp.zeros((s,), jnp.int32),
             prev=jnp.full((s,), jnp.inf, jnp.float32),
         )

@@ -151,14 +151,14 @@ REFERENCE_PARAMS: dict[str, int] = {
     "attractor-small-140m": 134_237_184,
     "attractor-medium-370m": 376_226_560,
     "attractor-large-770m": 769_493_760,
-    "gpt-small-140m": 143_100_000,
-    "gpt-medium-370m": 385_900_000,
-    "gpt-large-770m": 773_400_000,
-    "gpt-xlarge-1_3b": 1_333_900_000,
+    "gpt-small-140m": 143_141_184,
+    "gpt-medium-370m": 385_903_104,
+    "gpt-large-770m": 773_375_040,
+    "gpt-xlarge-1_3b": 1_333_868_544,
     "parcae-small-140m": 144_323_136,
-    "parcae-medium-370m": 388_000_000,
-    "parcae-large-770m": 776_700_000,
-    "parcae-xlarge-1_3b": 1_338_600_000,
+    "parcae-medium-370m": 388_003_328,
+    "parcae-large-770m": 776_655_680,
+    "parcae-xlarge-1_3b": 1_338_591_744,
     # Puzzle reasoners, without the puzzle embedding (a buffer in the reference; see param_counts).
     "trm-sudoku-7m": 6_828_034,  # log train_20260502_083036: 6.828M
     "attractor-sudoku-27m": 27_275_266,  # TRM-DEQ sudoku logs: 27.275M

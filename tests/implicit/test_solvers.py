@@ -206,3 +206,129 @@ def test_bad_inputs_raise_one_clear_error():
         aj.fixed_point(lambda y: y, jnp.zeros((2, 3), jnp.int32))
     with pytest.raises(ValueError, match="disagree"):
         aj.fixed_point(lambda y: y, (jnp.zeros((2, 3)), jnp.zeros((3, 3))))
+
+
+# ---- coupled (causal) layouts, exact statistics, tolerances, dtypes --------------------------------------------
+
+
+def causal_chain(y):
+    """A two-position causal linear map on [B, T=2, 1]: y0 <- 0.95 y0 + 1, y1 <- y0. Fixed point (20, 20)."""
+    return jnp.concatenate([0.95 * y[:, :1] + 1.0, y[:, :1]], axis=1)
+
+
+def true_residual(f, y, *args, axes=(-1,)):
+    fy = f(y, *args)
+    return np.asarray(jnp.linalg.norm(fy - y, axis=axes) / jnp.maximum(jnp.linalg.norm(y, axis=axes), 1e-12))
+
+
+@pytest.mark.parametrize("cls", SOLVERS)
+def test_causal_freezing_returns_the_fixed_point_of_a_coupled_chain(cls):
+    # Per-position solving with independent freezing would freeze y1 at its first value; causal freezing may not
+    # freeze y1 before y0, so the returned state is the true fixed point and its residual is what it reports.
+    sol = aj.fixed_point(causal_chain, jnp.zeros((3, 2, 1)), solver=cls(tol=1e-6, max_iter=1000), batch_axis=0,
+                         causal_axis=1)
+    np.testing.assert_allclose(np.asarray(sol.value), 20.0, rtol=1e-4)
+    assert sol.stats.iterations.shape == (3, 2) and bool(sol.stats.converged.all())
+    np.testing.assert_allclose(np.asarray(sol.stats.residual), true_residual(causal_chain, sol.value), rtol=1e-6,
+                               atol=1e-9)
+    assert bool(jnp.all(sol.stats.iterations[:, 1] >= sol.stats.iterations[:, 0]))  # y1 waits for its prefix
+
+
+def causal_attention_problem(seed=0, b=2, t=7, d=6, scale=0.8):
+    """A nonlinear causal map like an attention head: position t mixes the states of positions <= t."""
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+    w = jax.random.normal(k1, (d, d)) * scale / np.sqrt(d)
+    x = jax.random.normal(k2, (b, t, d))
+    q = jax.random.normal(k3, (d, d)) / np.sqrt(d)
+    mask = np.tril(np.ones((t, t), bool))
+
+    def f(y, w, q, x):
+        scores = jnp.einsum("btd,bsd->bts", y @ q, y)
+        att = jax.nn.softmax(jnp.where(mask, scores, -1e9), axis=-1)
+        return jnp.tanh(jnp.einsum("bts,bsd->btd", att, y) @ w + x)
+
+    return f, (w, q, x)
+
+
+@pytest.mark.parametrize("cls", SOLVERS)
+@pytest.mark.parametrize("max_iter", [6, 200])
+def test_reported_residual_is_that_of_the_returned_state_on_a_coupled_map(cls, max_iter):
+    # Converged (200) or cut short (6): recompute f on the returned state; every reported residual holds.
+    f, args = causal_attention_problem()
+    sol = aj.fixed_point(f, jnp.zeros_like(args[2]), *args, solver=cls(tol=1e-5, max_iter=max_iter),
+                         batch_axis=0, causal_axis=1)
+    np.testing.assert_allclose(np.asarray(sol.stats.residual), true_residual(f, sol.value, *args), rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(sol.stats.converged),
+                                  true_residual(f, sol.value, *args) <= 1e-5 * (1 + 1e-5))
+    if max_iter == 200 and cls is aj.Anderson:
+        assert bool(sol.stats.converged.all())
+
+
+def test_causal_solve_is_exactly_causal():
+    # Perturbing a later position changes nothing before it, bit for bit, although the later positions iterate
+    # for a different number of steps.
+    f, (w, q, x) = causal_attention_problem(t=8)
+    x2 = x.at[:, 5].add(1.0)
+    solve = jax.jit(lambda x: aj.fixed_point(f, jnp.zeros_like(x), w, q, x, solver=aj.Anderson(tol=1e-4,
+                                                                                                max_iter=60),
+                                             batch_axis=0, causal_axis=1))
+    a, b = solve(x), solve(x2)
+    np.testing.assert_array_equal(np.asarray(a.value[:, :5]), np.asarray(b.value[:, :5]))
+    np.testing.assert_array_equal(np.asarray(a.stats.iterations[:, :5]), np.asarray(b.stats.iterations[:, :5]))
+    assert float(jnp.abs(a.value[:, 5:] - b.value[:, 5:]).max()) > 1e-3
+
+
+def test_causal_axis_layouts_and_errors():
+    # The causal axis may precede the batch axis; statistics keep y0's axis order.
+    f, (w, q, x) = causal_attention_problem()
+    g = lambda y, w, q, x: jnp.swapaxes(f(jnp.swapaxes(y, 0, 1), w, q, jnp.swapaxes(x, 0, 1)), 0, 1)  # noqa: E731
+    xt = jnp.swapaxes(x, 0, 1)
+    solver = aj.Anderson(tol=1e-5, max_iter=100)
+    a = aj.fixed_point(f, jnp.zeros_like(x), w, q, x, solver=solver, batch_axis=0, causal_axis=1)
+    b = aj.fixed_point(g, jnp.zeros_like(xt), w, q, xt, solver=solver, batch_axis=1, causal_axis=0)
+    assert b.stats.iterations.shape == (7, 2)
+    np.testing.assert_array_equal(np.asarray(a.stats.iterations), np.asarray(b.stats.iterations).T)
+    np.testing.assert_allclose(np.asarray(a.value), np.asarray(jnp.swapaxes(b.value, 0, 1)), atol=1e-6)
+    with pytest.raises(ValueError, match="causal_axis=0"):
+        aj.fixed_point(f, jnp.zeros_like(x), w, q, x, batch_axis=0, causal_axis=0)
+
+
+def test_absolute_tolerance_reaches_a_fixed_point_at_zero():
+    # x -> 0.999 x: relative residual 1e-3 forever, so a relative test never exits; atol does.
+    f = lambda y: 0.999 * y  # noqa: E731
+    rel = aj.fixed_point(f, jnp.ones((1, 3)), solver=aj.Picard(tol=1e-4, max_iter=50))
+    assert not bool(rel.stats.converged.any()) and int(rel.stats.iterations[0]) == 50
+    ab = aj.fixed_point(f, jnp.ones((1, 3)), solver=aj.Picard(tol=0.0, atol=1e-3, max_iter=20000))
+    assert bool(ab.stats.converged.all())
+    # exit at the first point with ||f(y) - y|| = 1e-3 ||y|| <= 1e-3, i.e. ||y|| <= 1: y = 0.999^k sqrt(3)
+    k = int(np.ceil(np.log(1 / np.sqrt(3)) / np.log(0.999)))
+    np.testing.assert_allclose(np.asarray(ab.value), 0.999 ** k, rtol=1e-3)
+
+
+def test_divergence_guard_is_well_defined_after_an_exact_zero_residual():
+    # The first evaluation lands exactly on the fixed point of a map that then (non-smoothly) moves off it by a
+    # rounding-sized amount: that is not a divergence.
+    f = lambda y: jnp.where(jnp.abs(y - 1.0) < 1e-30, 1.0, 1.0 + 1e-7 * jnp.sign(y - 1.0))  # noqa: E731
+    sol = aj.fixed_point(f, jnp.ones((2, 4)), solver=aj.Picard(tol=0.0, max_iter=5, min_iter=5))
+    assert not bool(sol.stats.diverged.any())
+    assert float(sol.stats.residual.max()) == 0.0
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128"])
+@pytest.mark.parametrize("cls", SOLVERS)
+def test_complex_states(dtype, cls):
+    # y -> A y + b with complex A (spectral radius 0.8): the fixed point solves (I - A) y = b.
+    with jax.enable_x64(dtype == "complex128"):
+        rng = np.random.default_rng(0)
+        a = rng.normal(size=(5, 5)) + 1j * rng.normal(size=(5, 5))
+        a = (0.8 * a / np.max(np.abs(np.linalg.eigvals(a)))).astype(dtype)
+        b = (rng.normal(size=(2, 5)) + 1j * rng.normal(size=(2, 5))).astype(dtype)
+        f = lambda y, a, b: y @ a.T + b  # noqa: E731
+        sol = aj.fixed_point(f, jnp.zeros_like(b), jnp.asarray(a), jnp.asarray(b), solver=cls(tol=1e-5,
+                                                                                                max_iter=300))
+        want = np.linalg.solve(np.eye(5) - a, b.T).T
+        assert sol.value.dtype == dtype and sol.stats.residual.dtype == jnp.float32
+        assert bool(sol.stats.converged.all()) and float(sol.stats.residual.min()) >= 0
+        np.testing.assert_allclose(np.asarray(sol.value), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(sol.stats.residual), true_residual(f, sol.value, a, b), rtol=1e-4)

@@ -19,6 +19,43 @@ def _x(b=2, t=8, d=32, seed=0):
     return jax.random.normal(jax.random.key(seed), (b, t, d))
 
 
+def _np(a):
+    return np.asarray(a, np.float64)
+
+
+def _dense_rms(x, scale=None, eps=float(np.finfo(np.float32).eps)):
+    y = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps)
+    return y if scale is None else y * scale
+
+
+def _dense_rope(x, base):
+    """Interleaved pairs (x[2i], x[2i+1]) as complex numbers times exp(i p base^(-2i/H)); x [B, T, N, H]."""
+    t, h = x.shape[1], x.shape[-1]
+    rot = np.exp(1j * np.arange(t)[:, None] * base ** (-np.arange(0, h, 2) / h))  # [T, H/2]
+    z = (x[..., 0::2] + 1j * x[..., 1::2]) * rot[None, :, None, :]
+    return np.stack([z.real, z.imag], -1).reshape(x.shape)
+
+
+def _dense_attention(att, x, ve=None):
+    """Plain float64 causal attention with RoPE, QK-norm after RoPE, GQA and the value-embedding gate."""
+    cfg = att.cfg
+    b, t, _ = x.shape
+    n, kv, h = cfg.num_heads, cfg.num_kv_heads, cfg.dim_head
+    q = (x @ _np(att.q.kernel[...])).reshape(b, t, n, h)
+    k = (x @ _np(att.k.kernel[...])).reshape(b, t, kv, h)
+    v = (x @ _np(att.v.kernel[...])).reshape(b, t, kv, h)
+    if ve is not None:  # v += 2 sigmoid(x[..., :32] W_g) * ve, one gate per kv head
+        gate = 2.0 / (1.0 + np.exp(-(x[..., : cfg.ve_gate_channels] @ _np(att.ve_gate.kernel[...]))))
+        v = v + gate[..., None] * ve.reshape(b, t, kv, h)
+    q, k = _dense_rms(_dense_rope(q, cfg.rope_base)), _dense_rms(_dense_rope(k, cfg.rope_base))
+    k, v = np.repeat(k, n // kv, axis=2), np.repeat(v, n // kv, axis=2)  # query head i uses kv head i // (n/kv)
+    s = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(h)
+    s = np.where(np.tril(np.ones((t, t), bool)), s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p = p / p.sum(-1, keepdims=True)
+    return np.einsum("bnts,bsnh->btnh", p, v).reshape(b, t, n * h) @ _np(att.o.kernel[...])
+
+
 def test_causal_attention_ignores_the_future_and_bidirectional_does_not():
     x = _x()
     x2 = x.at[:, 5].add(1.0)
@@ -31,23 +68,10 @@ def test_causal_attention_ignores_the_future_and_bidirectional_does_not():
 
 
 def test_attention_matches_a_plain_reference_implementation():
-    cfg = _cfg(n_kv_heads=2)
-    att = ann.Attention(cfg, rngs=nnx.Rngs(1))
+    att = ann.Attention(_cfg(n_kv_heads=2), rngs=nnx.Rngs(1))
     x = _x(1, 6)
     got = nnx.jit(lambda m, x: m(x))(att, x)
-    b, t, n, kv, h = 1, 6, 4, 2, 8
-    q = (x @ att.q.kernel[...]).reshape(b, t, n, h)
-    k = (x @ att.k.kernel[...]).reshape(b, t, kv, h)
-    v = (x @ att.v.kernel[...]).reshape(b, t, kv, h)
-    cos, sin = ann.rope_angles(jnp.arange(t)[None], h, cfg.rope_base)
-    q, k = ann.apply_rope(q, cos, sin), ann.apply_rope(k, cos, sin)
-    q = q / jnp.sqrt(jnp.mean(q * q, -1, keepdims=True) + jnp.finfo(jnp.float32).eps)  # QK-norm after RoPE
-    k = k / jnp.sqrt(jnp.mean(k * k, -1, keepdims=True) + jnp.finfo(jnp.float32).eps)
-    k, v = jnp.repeat(k, 2, axis=2), jnp.repeat(v, 2, axis=2)  # GQA: query head i uses kv head i // 2
-    s = jnp.einsum("btnh,bsnh->bnts", q, k) / jnp.sqrt(h)
-    s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -jnp.inf)
-    y = jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(s, -1), v).reshape(b, t, n * h) @ att.o.kernel[...]
-    np.testing.assert_allclose(np.asarray(got), np.asarray(y), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got), _dense_attention(att, _np(x)), rtol=1e-5, atol=1e-5)
 
 
 def test_kv_cache_decoding_matches_the_full_forward():
@@ -77,12 +101,38 @@ def test_scaled_zero_block_is_identity_and_gates_start_at_init_value():
     assert float(gated.gate_attn[0]) == pytest.approx(
         np.log((1 - 1e-6) / 1e-6), rel=1e-3
     )  # saturated, ≈ 13.8
-    half = ann.Block(_cfg(), layer_scale_init=0.25, gamma_max=1.0, rngs=nnx.Rngs(0))
-    plain = ann.Block(_cfg(), rngs=nnx.Rngs(0))  # same draws, no gates
-    # gated branch outputs are the ungated ones times 0.25 (checked on the attention branch)
-    d_gated = half.attn(half.norm_1(x)) * 0.25
-    np.testing.assert_allclose(np.asarray(d_gated), np.asarray(plain.attn(plain.norm_1(x)) * 0.25), rtol=1e-6)
-    assert float(jnp.abs(half(x) - x).max()) < float(jnp.abs(plain(x) - x).max())
+    quarter = ann.Block(_cfg(), layer_scale_init=0.25, gamma_max=1.0, rngs=nnx.Rngs(0))
+    for g in quarter.gates():  # σ(logit(0.25)) · 1.0
+        np.testing.assert_allclose(np.asarray(g), np.full(32, 0.25), rtol=1e-6)
+
+
+def test_gated_block_matches_a_dense_reference_with_both_gates():
+    """x + g_attn ⊙ attn(norm_1(x)), then + g_mlp ⊙ mlp(norm_2(·)), g = σ(r) γ_max per channel, with the
+    value-embedding gate 2σ(x[:, :32] W_g) inside attention; the reference is plain float64 numpy."""
+    cfg = _cfg(n_kv_heads=2)
+    blk = ann.Block(cfg, value_embed=True, layer_scale_init=0.25, gamma_max=0.8, rngs=nnx.Rngs(4))
+    kr = jax.random.split(jax.random.key(5), 2)
+    blk.gate_attn.set_value(jax.random.normal(kr[0], (32,)))  # distinct per-channel gates in (0, 0.8)
+    blk.gate_mlp.set_value(jax.random.normal(kr[1], (32,)))
+    x = _x(2, 6)
+    ve = jax.random.normal(jax.random.key(6), (2, 6, 16))
+    got = np.asarray(nnx.jit(lambda m, x, ve: m(x, ve_BTF=ve))(blk, x, ve))
+
+    g_attn = 0.8 / (1.0 + np.exp(-_np(blk.gate_attn[...])))
+    g_mlp = 0.8 / (1.0 + np.exp(-_np(blk.gate_mlp[...])))
+    assert g_attn.min() < 0.2 and g_attn.max() > 0.6  # gates really differ across channels
+
+    def dense(g_attn, g_mlp, ve):
+        h = _np(x)
+        a = _dense_attention(blk.attn, _dense_rms(h, _np(blk.norm_1.scale[...]), cfg.norm_eps), ve)
+        h = h + g_attn * a
+        u = _dense_rms(h, _np(blk.norm_2.scale[...]), cfg.norm_eps) @ _np(blk.mlp.fc.kernel[...])
+        return h + g_mlp * ((0.5 * np.maximum(u, 0.0) ** 2) @ _np(blk.mlp.proj.kernel[...]))
+
+    np.testing.assert_allclose(got, dense(g_attn, g_mlp, _np(ve)), rtol=1e-5, atol=1e-5)
+    # Each gate matters: dropping either one (or the value embedding) moves the output far beyond tolerance.
+    for wrong in (dense(1.0, g_mlp, _np(ve)), dense(g_attn, 1.0, _np(ve)), dense(g_attn, g_mlp, None)):
+        assert np.abs(got - wrong).max() > 1e-2
 
 
 def test_bfloat16_compute_path_keeps_float32_params_and_stream():
@@ -93,7 +143,12 @@ def test_bfloat16_compute_path_keeps_float32_params_and_stream():
     assert y.dtype == jnp.float32
     assert all(v.get_value().dtype == jnp.float32 for _, v in nnx.to_flat_state(nnx.state(blk, nnx.Param)))
     ref = ann.Block(_cfg(mlp_type="swiglu"), rngs=nnx.Rngs(0))(x)
-    assert float(jnp.abs(y - ref).max()) < 0.1 * float(jnp.abs(ref).max())
+    err = float(jnp.abs(y - ref).max())
+    branch = float(jnp.abs(ref - x).max())  # the float32 stream x passes through exactly; the branches carry bf16
+    # Measured: err = 0.0153 = 1.13 % of max|ref - x| (1.35) and 0.44 % of max|ref| (3.49); bf16 has 8 mantissa
+    # bits (eps 2^-8 = 0.39 %). Bound at ~2.7x the measured error, and require bf16 to actually have been used
+    # (a float32 branch would agree to ~1e-6).
+    assert 1e-3 < err < 0.03 * branch
 
 
 def test_splash_switch_fails_clearly_with_a_mask():
