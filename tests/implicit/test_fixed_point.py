@@ -184,3 +184,39 @@ def test_gradient_to_y0_only_where_the_math_says_so():
     assert float(jnp.abs(g0(aj.Unrolled(), aj.Picard(tol=0.0, max_iter=3))).max()) > 0.0
     # max_iter = 0 returns y0 itself: the identity map, whose gradient is one.
     np.testing.assert_array_equal(np.asarray(g0(aj.IFT(), aj.Picard(max_iter=0))), np.ones_like(x))
+
+
+@pytest.mark.parametrize("backward", [aj.Unrolled(), aj.Phantom(k=2), aj.IFT(max_iter=60), aj.IFT(solver="picard", max_iter=60)],
+                         ids=["unrolled", "phantom", "ift-anderson", "ift-picard"])
+def test_no_nan_gradient_when_anderson_falls_back(backward):
+    # y -> y/2 + 1 from y0 = 2 (its fixed point): every residual is 0, the Gram matrix is 0 and with ridge 0 the
+    # Cholesky fails at every step, so every step takes the fallback. No NaN may leak into any gradient.
+    solver = aj.Anderson(ridge=0.0, tol=0.0, max_iter=6)
+
+    def loss(a):
+        sol = aj.fixed_point(lambda y, a: a * y + 1.0, jnp.full((2, 3), 2.0), a, solver=solver, backward=backward)
+        return jnp.sum(sol.value)
+
+    g = jax.grad(loss)(jnp.asarray(0.5))
+    # d/da of y* = 1/(1 - a) is 1/(1 - a)^2 = 4 per entry; Unrolled from y0 = y* gives the same, Phantom k = 2
+    # gives (1 + a) y* = 3 per entry.
+    want = {"phantom": 6 * 3.0}.get(type(backward).__name__.lower(), 6 * 4.0)
+    assert bool(jnp.isfinite(g))
+    if isinstance(backward, aj.IFT) or isinstance(backward, aj.Phantom):
+        np.testing.assert_allclose(float(g), want, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backward", [aj.Unrolled(), aj.Phantom(k=2)], ids=["unrolled", "phantom"])
+def test_no_nan_gradient_through_a_failed_factorisation(backward):
+    # y -> y + a: a constant residual, so the Gram matrix is rank one; with ridge 0 the Cholesky pivot vanishes at
+    # every step and Anderson falls back to the plain step. Backprop through the steps must stay finite:
+    # y_k = y0 + k a, so d(sum y)/da is the number of entries times the steps taken to the returned point.
+    solver = aj.Anderson(ridge=0.0, tol=0.0, max_iter=5)
+
+    def loss(a):
+        return jnp.sum(aj.fixed_point(lambda y, a: y + a, jnp.zeros((2, 3)), a, solver=solver,
+                                      backward=backward).value)
+
+    g = float(jax.grad(loss)(jnp.asarray(1.0)))
+    want = 6 * 4.0 if isinstance(backward, aj.Unrolled) else 6 * 2.0  # returned y_4; phantom: 2 steps of +a
+    assert g == pytest.approx(want, rel=1e-5)
