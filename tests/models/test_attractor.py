@@ -139,13 +139,73 @@ def test_implicit_gradient_matches_unrolled_gradient_at_convergence():
         assert float(err) < 1e-3, (part, float(err))
 
 
-def test_bfloat16_compute_path_runs():
-    model = M.create_model("attractor-tiny", **SMALL, dtype="bfloat16")
+def _text_batches(n, b, t, seed=0):
+    """Byte-level windows of the real Shakespeare corpus (or, without ../shared, of this file)."""
+    import pathlib
+
+    src = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "text" / "tinyshakespeare_input.txt"
+    data = np.frombuffer((src if src.exists() else pathlib.Path(__file__)).read_bytes()[:200_000], np.uint8)
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(data) - t - 1, size=(n, b))
+    return np.stack([[data[s:s + t + 1] for s in row] for row in starts]).astype(np.int32)
+
+
+def test_bfloat16_converges_at_its_tolerance_after_training():
+    # A short float32 training run (so the head is a trained, contractive map), then the same parameters in
+    # float32 and in bfloat16 compute. bf16 carries a residual floor (~1e-3 relative) below the preset's float32
+    # tol; at the documented bf16_tol it must converge on >= 95 % of tokens with mean iterations within 1.5x of
+    # float32, and the statistics must describe the returned state.
+    kw = dict(SMALL, layer_scale_init=0.1)
+    model = M.create_model("attractor-tiny", **kw)
     gd, st = nnx.split(model)
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(st))
-    logits, aux = _jit_call(model)(st, _tokens())
-    assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
-    assert bool(jnp.all(jnp.isfinite(aux["residual"]))) and float(aux["residual"].max()) < 1.0
+    opt = optax.adam(3e-3)
+    batches = _text_batches(80, 8, 64)
+
+    @jax.jit
+    def step(st, os, tok):
+        def loss(st):
+            logits, _ = nnx.merge(gd, st)(tok[:, :-1])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, tok[:, 1:]).mean()
+
+        val, g = jax.value_and_grad(loss)(st)
+        up, os = opt.update(g, os, st)
+        return optax.apply_updates(st, up), os, val
+
+    os = opt.init(st)
+    first = None
+    for tok in batches:
+        st, os, val = step(st, os, tok)
+        first = float(val) if first is None else first
+    assert float(val) < first - 0.5  # it did train
+    held_out = jnp.asarray(_text_batches(1, 8, 64, seed=1)[0][:, :-1])
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        m = M.create_model("attractor-tiny", **kw, dtype=dtype)
+        g2, _ = nnx.split(m)
+
+        @jax.jit
+        def run(st, tok, g2=g2):
+            mm = nnx.merge(g2, st)
+            c = mm.encode(tok)
+            sol = mm.solve(c)
+            y = sol.value
+            fy = mm.head(y + c) - y
+            true = jnp.linalg.norm(fy - y, axis=-1) / jnp.linalg.norm(y, axis=-1)
+            return sol.stats, true
+
+        out[dtype] = run(st, held_out)
+    cfg = M.get_config("attractor-tiny")
+    f32, bf16 = out["float32"][0], out["bfloat16"][0]
+    assert float(f32.converged.mean()) >= 0.95
+    assert float(bf16.converged.mean()) >= 0.95, float(bf16.converged.mean())
+    it32, it16 = float(f32.iterations.mean()), float(bf16.iterations.mean())
+    assert it16 <= 1.5 * it32, (it16, it32)
+    assert float(bf16.residual.max()) <= cfg.solver.bf16_tol
+    # The residual reported is that of the returned state. In bf16 a second evaluation of f in another compiled
+    # program rounds differently (measured: up to 2.4e-4 absolute), so it agrees only to that noise there.
+    np.testing.assert_allclose(np.asarray(out["float32"][0].residual), np.asarray(out["float32"][1]), rtol=1e-4,
+                               atol=1e-7)
+    np.testing.assert_allclose(np.asarray(out["bfloat16"][0].residual), np.asarray(out["bfloat16"][1]), atol=5e-4)
 
 
 def test_every_backward_kind_builds():
