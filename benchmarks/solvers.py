@@ -4,7 +4,7 @@ Problems
   tanh:  y <- tanh(y W + x U), a random contractive layer (batch of independent samples), W Gaussian (spectrum
          filling a disk: no Krylov/Anderson method can beat Picard much there) or symmetric (real spectrum).
   block: y <- c + Delta(y + c), an attractor-style pre-norm transformer block (attention + ReLU^2 MLP with
-         LayerScale gates) on a [B, T, D] state, solved per token (batch_axis=(0, 1)).
+         LayerScale gates) on a [B, T, D] state, solved per token along the causal axis (batch_axis=0, causal_axis=1).
 Solvers: our Picard, Anderson and Broyden, and jaxopt's AndersonAcceleration as the peer (jaxopt stops on the
 absolute global residual, so it gets tol * ||y*|| and we report the per-sample relative residual it reaches).
 Memory: compiled peak bytes of a jitted gradient through the block problem at max_iter 4 and 64, per backward.
@@ -43,7 +43,7 @@ def tanh_problem(batch: int, dim: int, seed: int, symmetric: bool = False):
     def f(y, params, x):
         return jnp.tanh(y @ params["w"] + x @ params["u"])
 
-    return f, jnp.zeros((batch, dim)), (params, x), 0
+    return f, jnp.zeros((batch, dim)), (params, x), {"batch_axis": 0}
 
 
 def _rms(x):
@@ -79,7 +79,7 @@ def block_problem(batch: int, seq: int, dim: int, heads: int, seed: int, gate: f
     def f(y, p, c):
         return c + delta(y + c, p)
 
-    return f, c, (p, c), (0, 1)
+    return f, c, (p, c), {"batch_axis": 0, "causal_axis": 1}
 
 
 def time_call(fn, *args, repeats: int) -> float:
@@ -92,14 +92,14 @@ def time_call(fn, *args, repeats: int) -> float:
     return statistics.median(times)
 
 
-def per_sample_rel(f, y, args, batch_axis):
+def per_sample_rel(f, y, args, layout):
     fy = f(y, *args)
-    axes = (batch_axis,) if isinstance(batch_axis, int) else batch_axis
+    axes = (layout["batch_axis"],) + ((layout["causal_axis"],) if "causal_axis" in layout else ())
     red = tuple(i for i in range(y.ndim) if i not in axes)
     return jnp.sqrt(jnp.sum((fy - y) ** 2, axis=red)) / jnp.sqrt(jnp.sum(y ** 2, axis=red))
 
 
-def bench_problem(name, f, y0, args, batch_axis, tol, max_iter, repeats):
+def bench_problem(name, f, y0, args, layout, tol, max_iter, repeats):
     rows = []
     ours = {
         "picard": aj.Picard(tol=tol, max_iter=max_iter),
@@ -108,14 +108,14 @@ def bench_problem(name, f, y0, args, batch_axis, tol, max_iter, repeats):
     }
     y_ref = None
     for label, solver in ours.items():
-        run = jax.jit(lambda y0, args, s=solver: aj.fixed_point(f, y0, *args, solver=s, batch_axis=batch_axis))
+        run = jax.jit(lambda y0, args, s=solver: aj.fixed_point(f, y0, *args, solver=s, **layout))
         sol = run(y0, args)
         sec = time_call(run, y0, args, repeats=repeats)
         it = np.asarray(sol.stats.iterations)
         rows.append({
             "problem": name, "solver": label, "f_evals_max": int(it.max()), "f_evals_mean": float(it.mean()),
             "loop_trips": int(it.max()), "converged": float(np.mean(sol.stats.converged)),
-            "max_rel_residual": float(np.max(per_sample_rel(f, sol.value, args, batch_axis))),
+            "max_rel_residual": float(np.max(per_sample_rel(f, sol.value, args, layout))),
             "ms": 1e3 * sec,
         })
         if label == "anderson":
@@ -132,12 +132,12 @@ def bench_problem(name, f, y0, args, batch_axis, tol, max_iter, repeats):
     rows.append({
         "problem": name, "solver": "jaxopt.AndersonAcceleration", "f_evals_max": n, "f_evals_mean": float(n),
         "loop_trips": n, "converged": float(float(out.state.error) <= abs_tol),
-        "max_rel_residual": float(np.max(per_sample_rel(f, out.params, args, batch_axis))), "ms": 1e3 * sec,
+        "max_rel_residual": float(np.max(per_sample_rel(f, out.params, args, layout))), "ms": 1e3 * sec,
     })
     return rows
 
 
-def memory_rows(f, y0, args, batch_axis):
+def memory_rows(f, y0, args, layout):
     rows = []
     for label, backward in (("ift", aj.IFT()), ("neumann1", aj.Neumann(k=1)), ("phantom2", aj.Phantom(k=2)),
                             ("unrolled", aj.Unrolled())):
@@ -145,7 +145,7 @@ def memory_rows(f, y0, args, batch_axis):
         for max_iter in (4, 64):
             def loss(args, mi=max_iter):
                 sol = aj.fixed_point(f, y0, *args, solver=aj.Anderson(max_iter=mi), backward=backward,
-                                     batch_axis=batch_axis)
+                                     **layout)
                 return jnp.sum(sol.value ** 2)
 
             shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
@@ -181,10 +181,10 @@ def main(argv=None) -> int:
         "block[B=4,T=64,D=128]": block_problem(4, 64, 128, 4, a.seed, gate=3.0),
     }
     rows = []
-    for name, (f, y0, args, batch_axis) in problems.items():
-        rows += bench_problem(name, f, y0, args, batch_axis, a.tol, a.max_iter, a.repeats)
-    f, y0, args, batch_axis = problems["block[B=4,T=64,D=128]"]  # memory: the attractor-like map
-    mem = memory_rows(f, y0, args, batch_axis)
+    for name, (f, y0, args, layout) in problems.items():
+        rows += bench_problem(name, f, y0, args, layout, a.tol, a.max_iter, a.repeats)
+    f, y0, args, layout = problems["block[B=4,T=64,D=128]"]  # memory: the attractor-like map
+    mem = memory_rows(f, y0, args, layout)
 
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; tol {a.tol} (relative, per sample)")
     print(f"{'problem':24s} {'solver':30s} {'f-evals max':>11s} {'mean':>7s} {'conv':>5s} {'max rel res':>11s} {'ms':>8s}")
