@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import attractor_jax as aj
+from attractor_jax.implicit.fixed_point import BatchLayout
 
 
 def tanh_problem(batch: int, dim: int, seed: int, symmetric: bool = False):
@@ -139,13 +140,18 @@ def bench_problem(name, f, y0, args, layout, tol, max_iter, repeats):
 
 def memory_rows(f, y0, args, layout):
     rows = []
-    for label, backward in (("ift", aj.IFT()), ("neumann1", aj.Neumann(k=1)), ("phantom2", aj.Phantom(k=2)),
-                            ("unrolled", aj.Unrolled())):
+    stats_shape = BatchLayout(y0, layout.get("batch_axis", 0), layout.get("causal_axis")).stats_shape
+    # "ift" is the custom_jvp form (forward and reverse mode); "ift+probe" the reverse-only custom_vjp form that
+    # recomputes f in the backward pass (taken when an adjoint probe is requested).
+    for label, backward, probe in (("ift", aj.IFT(), False), ("ift+probe", aj.IFT(), True),
+                                   ("neumann1", aj.Neumann(k=1), False), ("phantom2", aj.Phantom(k=2), False),
+                                   ("unrolled", aj.Unrolled(), False)):
         sizes = {}
         for max_iter in (4, 64):
             def loss(args, mi=max_iter):
+                extra = {"probe": aj.adjoint_probe(stats_shape)} if probe else {}
                 sol = aj.fixed_point(f, y0, *args, solver=aj.Anderson(max_iter=mi), backward=backward,
-                                     **layout)
+                                     **layout, **extra)
                 return jnp.sum(sol.value ** 2)
 
             shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)

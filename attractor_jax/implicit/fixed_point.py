@@ -1,9 +1,12 @@
 """`fixed_point`: solve y* = f(y*, *args) on device and differentiate it implicitly.
 
-The forward pass is a batched solver (see `solvers`); the backward pass is chosen by ``backward`` (see `backward`).
-IFT and Neumann modes are a `jax.custom_vjp`: only (y*, args) are saved, so memory does not depend on the number
-of solver iterations. Closed-over arrays in ``f`` are hoisted into explicit arguments (`jax.closure_convert`), so
-``f`` may close over parameters and still receive gradients.
+The forward pass is a batched solver (see `solvers`); the derivative is chosen by ``backward`` (see `backward`).
+IFT and Neumann modes are a `jax.custom_jvp` whose tangent solves t = J t + (df/dargs) args_dot with
+`jax.lax.custom_linear_solve`; JAX transposes it for reverse mode into the adjoint solve u = v + J^T u. Both
+`jax.jvp`/`jax.jacfwd` and `jax.grad` work, and memory does not depend on the number of solver iterations. With an
+adjoint ``probe`` the solve is a reverse-only `jax.custom_vjp` that saves (y*, args) and recomputes f. Closed-over
+arrays in ``f`` are hoisted into explicit arguments (`jax.closure_convert`), so ``f`` may close over parameters
+and still receive gradients.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from attractor_jax.implicit.backward import IFT, Neumann, Phantom, Unrolled
 from attractor_jax.implicit.solvers import Anderson, _Solver, _sq_norm, relative_residual
@@ -152,15 +156,16 @@ def _neumann(apply_a: Callable, v: jax.Array, k: int, clip: float | None) -> jax
     return u
 
 
-def _adjoint(vjp_y: Callable, v: jax.Array, backward, forward: _Solver, seq_len: int | None):
-    """Solve u = v + J^T u (i.e. (I - J^T) u = v) per sample, or its Neumann truncation; returns (u, stats).
+def _linear_solve(apply_a: Callable, v: jax.Array, backward, forward: _Solver, seq_len: int | None, reverse: bool):
+    """Solve u = v + A u (i.e. (I - A) u = v) per sample, or its Neumann truncation; returns (u, stats).
 
-    J^T couples positions anti-causally when the forward map is causal, so a causal layout's adjoint is solved
-    with the mirrored (reverse) freezing rule.
+    A is J^T for the adjoint of reverse mode (``reverse=True``: it couples positions anti-causally when the
+    forward map is causal, so a causal layout is solved with the mirrored freezing rule) and J for the tangent of
+    forward mode (``reverse=False``: the forward map's own causal rule).
     """
     s = v.shape[:1]
     if isinstance(backward, Neumann):
-        u = _neumann(vjp_y, v, backward.k, backward.clip)
+        u = _neumann(apply_a, v, backward.k, backward.clip)
         return u, SolverStats(
             iterations=jnp.full(s, backward.k, jnp.int32),
             residual=jnp.full(s, jnp.nan, jnp.float32),  # a truncation measures no residual
@@ -171,24 +176,27 @@ def _adjoint(vjp_y: Callable, v: jax.Array, backward, forward: _Solver, seq_len:
         tol = backward.tol if backward.tol is not None else forward.tol
         budget = backward.max_iter if backward.max_iter is not None else max(forward.max_iter, 1)
         u, _ = jax.scipy.sparse.linalg.gmres(
-            lambda w: w - vjp_y(w), v, x0=v, tol=tol, restart=backward.restart,
+            lambda w: w - apply_a(w), v, x0=v, tol=tol, restart=backward.restart,
             maxiter=max(1, -(-budget // backward.restart)), solve_method="batched",
         )
-        res = relative_residual(v + vjp_y(u), u)
+        res = relative_residual(v + apply_a(u), u)
         ok = jnp.isfinite(res)
         u = jnp.where(ok[:, None], u, v)
         return u, SolverStats(
             iterations=jnp.full(res.shape, -1, jnp.int32),  # GMRES does not report per-sample counts
-            residual=jnp.where(ok, res, relative_residual(v + vjp_y(v), v)),
+            residual=jnp.where(ok, res, relative_residual(v + apply_a(v), v)),
             converged=ok & (res <= tol),
             diverged=~ok,
         )
     solver = backward.adjoint_solver(forward)
-    return solver.solve(lambda u: v + vjp_y(u), v, seq_len=seq_len, reverse=True)
+    return solver.solve(lambda u: v + apply_a(u), v, seq_len=seq_len, reverse=reverse)
 
 
-def _implicit(fn, solver: _Solver, backward, x0, params, probe, layout: BatchLayout):
-    """custom_vjp solve: forward = solver; backward = adjoint from (x*, params) only."""
+def _implicit_vjp(fn, solver: _Solver, backward, x0, params, probe, layout: BatchLayout):
+    """custom_vjp solve (reverse mode only): forward = solver; backward = adjoint from (x*, params) only.
+
+    Used when an adjoint ``probe`` is requested: its cotangent carries the adjoint statistics out.
+    """
     seq_len = layout.seq_len
 
     @jax.custom_vjp
@@ -204,13 +212,56 @@ def _implicit(fn, solver: _Solver, backward, x0, params, probe, layout: BatchLay
         v = ct[0]
         _, vjp = jax.vjp(fn, x_star, params)
         vjp_y = lambda w: vjp(w.astype(x_star.dtype))[0]  # noqa: E731
-        u, adj = _adjoint(vjp_y, v, backward, solver, seq_len)
+        u, adj = _linear_solve(vjp_y, v, backward, solver, seq_len, reverse=True)
         params_ct = vjp(u)[1]
         probe_ct = None if probe is None else layout.per_sample(_pack_stats(adj)).reshape(probe.shape)
         return None, params_ct, probe_ct
 
     run.defvjp(run_fwd, run_bwd)
     return run(x0, params, probe)
+
+
+def _zero_tangent(a: jax.Array):
+    if jnp.issubdtype(a.dtype, jnp.inexact):
+        return jnp.zeros_like(a)
+    return np.zeros(a.shape, jax.dtypes.float0)
+
+
+def _implicit_jvp(fn, solver: _Solver, backward, x0, params, layout: BatchLayout):
+    """custom_jvp solve: both forward and reverse mode.
+
+    The tangent of y* = f(y*, p) is t = J t + (df/dp) p_dot, solved by `jax.lax.custom_linear_solve` with our
+    solver (forward causal rule); its transpose is the adjoint u = v + J^T u (mirrored rule), so reverse mode
+    (`jax.grad`) is JAX's transpose of the tangent map and forward mode (`jax.jvp`, `jax.jacfwd`, Hessian-vector
+    products) works as well. The residuals kept for reverse mode are one linearisation of f at (y*, p).
+    """
+    seq_len = layout.seq_len
+
+    @jax.custom_jvp
+    def run(x0, params):
+        return solver.solve(lambda x: fn(x, params), x0, seq_len=seq_len)
+
+    @run.defjvp
+    def run_jvp(primals, tangents):
+        x0, params = primals
+        _, params_dot = tangents
+        x_star, stats = run(x0, params)
+        _, b = jax.jvp(lambda p: fn(x_star, p), (params,), (params_dot,))
+        _, lin = jax.linearize(lambda x: fn(x, params), x_star)
+        lin_t = jax.linear_transpose(lin, x_star)
+        apply_j = lambda t: lin(t.astype(x_star.dtype))  # noqa: E731
+        apply_jt = lambda u: lin_t(u.astype(x_star.dtype))[0]  # noqa: E731
+
+        def solve(_matvec, rhs):
+            return _linear_solve(apply_j, rhs, backward, solver, seq_len, reverse=False)[0]
+
+        def transpose_solve(_vecmat, rhs):
+            return _linear_solve(apply_jt, rhs, backward, solver, seq_len, reverse=True)[0]
+
+        t = jax.lax.custom_linear_solve(lambda w: w - apply_j(w), b, solve, transpose_solve)
+        return (x_star, stats), (t, jax.tree_util.tree_map(_zero_tangent, stats))
+
+    return run(x0, params)
 
 
 def fixed_point(
@@ -238,6 +289,8 @@ def fixed_point(
                  consistent iterate of every sequence (see `attractor_jax.implicit.solvers`). Samples that interact
                  but are not causal must share one sample (leave their axis out of both).
     probe:       optional `adjoint_probe(stats_shape)`; its gradient carries the IFT/Neumann adjoint statistics.
+                 The solve is then reverse-mode only (a custom_vjp); without a probe IFT/Neumann support forward
+                 mode (`jax.jvp`, `jax.jacfwd`) as well.
 
     The returned value is a point at which f was evaluated, and ``stats`` describe exactly that point (its
     relative residual ||f(y) - y|| / ||y||, and whether it passes the exit test). Statistics have the shape of the
@@ -286,4 +339,7 @@ def fixed_point(
             x = x + backward.damping * (fn(x, params) - x)
         # The value is y* itself (so the statistics describe it); the gradient is that of the k phantom steps.
         return finish(x_star + (x - jax.lax.stop_gradient(x)), stats)
-    return finish(*_implicit(fn, solver, backward, jax.lax.stop_gradient(x0), params, probe, layout))
+    x0 = jax.lax.stop_gradient(x0)
+    if probe is not None:
+        return finish(*_implicit_vjp(fn, solver, backward, x0, params, probe, layout))
+    return finish(*_implicit_jvp(fn, solver, backward, x0, params, layout))
