@@ -6,7 +6,8 @@
   resumption (`reader`);
 * offline generators written from scratch (`generate_sudoku`: hard puzzles with one solution; `generate_maze`:
   Searchformer mazes with a long shortest path) write the official CSV layout `source,question,answer,rating`;
-* validators (`validate_sudoku`, `validate_maze`) check any predicted grid, in CSV or token form.
+* validators (`validate_sudoku`, `validate_maze`) check any predicted grid, in CSV or token form;
+  `check_sudoku_csv` checks a whole sudoku CSV (solved answers that keep the givens, no repeated question).
 
 This package never imports models (the data layer sits at the bottom of the dependency order).
 """
@@ -48,8 +49,11 @@ from attractor_jax.data.puzzles.reader import PuzzleIterator, load_puzzle_split,
 from attractor_jax.data.puzzles.sudoku import (
     SUDOKU_SEQ_LEN,
     SUDOKU_VOCAB_SIZE,
+    SudokuCSV,
     augment_sudoku,
     build_sudoku_dataset,
+    check_sudoku_csv,
+    check_sudoku_rows,
     count_sudoku_solutions,
     generate_sudoku,
     rate_sudoku,
@@ -72,6 +76,7 @@ __all__ = [
     "PuzzleDatasetMetadata",
     "PuzzleIterator",
     "PuzzleRow",
+    "SudokuCSV",
     "Validation",
     "arc_decode_grid",
     "arc_inverse_transform",
@@ -80,6 +85,8 @@ __all__ = [
     "build_arc_dataset",
     "build_maze_dataset",
     "build_sudoku_dataset",
+    "check_sudoku_csv",
+    "check_sudoku_rows",
     "count_sudoku_solutions",
     "dihedral_transform",
     "generate_maze",

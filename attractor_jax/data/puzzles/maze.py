@@ -32,7 +32,6 @@ import heapq
 import multiprocessing
 import os
 import pathlib
-import time
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -50,6 +49,7 @@ from attractor_jax.data.puzzles.common import (
     subsample_rows,
     write_dataset,
 )
+from attractor_jax.data.puzzles.progress import Progress
 
 __all__ = [
     "MAZE_CHARSET",
@@ -261,7 +261,8 @@ def generate_maze(
 ) -> list[PuzzleRow]:
     """`count` mazes whose shortest path is longer than `min_path` moves, as CSV rows; `exclude` holds layout
     keys (`maze_layout_key`) that must not be reused (module docstring). workers > 1 starts that many spawned
-    processes (from a script, call this under `if __name__ == "__main__":`)."""
+    processes (from a script, call this under `if __name__ == "__main__":`). `progress` shows a progress bar
+    on stdout."""
     count = check_nonneg("count", count, 1)
     size = check_nonneg("size", size, 2)
     min_path = check_nonneg("min_path", min_path, 0)
@@ -277,7 +278,7 @@ def generate_maze(
     seen = set(exclude)
     rows: list[tuple[int, PuzzleRow]] = []
     todo = [(seed, i, 0, size, min_path, lo, hi) for i in range(count)]
-    t0 = time.time()
+    bar = Progress(count, "mazes", enabled=progress)
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     try:
         while todo:
@@ -289,10 +290,10 @@ def generate_maze(
                     continue
                 seen.add(key)
                 rows.append((job[1], PuzzleRow(source, q, a, length)))
-                if progress and len(rows) % 100 == 0:
-                    print(f"  {len(rows)}/{count} mazes, {len(rows) / (time.time() - t0):.1f}/s", flush=True)
+                bar.update()
             todo = redo
     finally:
+        bar.close()
         if pool is not None:
             pool.close()
             pool.join()

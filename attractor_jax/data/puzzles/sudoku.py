@@ -31,6 +31,17 @@ bitboards in a few operations); otherwise one search for a solution of P - c wit
 (any second solution must differ from P's at c), which is much cheaper than counting solutions. Puzzle i is
 drawn from `np.random.default_rng([seed, i, attempt])`, so the output does not depend on the number of worker
 processes.
+
+**Termination.** The rating has no useful upper bound in terms of the number of blanks b (a complete search
+tree can branch on every blank), but it has a lower one: a unique puzzle with b <= 4 blanks is always rated 0.
+Propagation only stalls when every blank shares its row, its column and its box with another blank (else it is
+a naked single); with at most 4 blanks that forces a rectangle of rows r1, r2 and columns c1, c2 in one band,
+whose cell (r1, c1) has candidates {a, b} & {a, c} (b at (r1, c2), c at (r2, c1)). b = c is impossible: in
+one box the four digits differ, and across two boxes (a b / b a) the swapped rectangle is a second solution.
+So (r1, c1) is a single. `generate_sudoku` rejects min_rating > 0 with blanks <= 4 up front; beyond that
+the rate of qualifying puzzles is only known empirically (blanks=30: no rating above 0 in 300 draws;
+blanks=50: 8 % above 0, none >= 10; minimal: 7 % >= 10), so each puzzle gets at most `max_attempts` random
+grids (default 1000) before a ValueError that names the count reached, the blanks and the rating.
 """
 
 from __future__ import annotations
@@ -38,8 +49,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pathlib
-import time
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -55,12 +65,16 @@ from attractor_jax.data.puzzles.common import (
     subsample_rows,
     write_dataset,
 )
+from attractor_jax.data.puzzles.progress import Progress
 
 __all__ = [
     "SUDOKU_SEQ_LEN",
     "SUDOKU_VOCAB_SIZE",
+    "SudokuCSV",
     "augment_sudoku",
     "build_sudoku_dataset",
+    "check_sudoku_csv",
+    "check_sudoku_rows",
     "count_sudoku_solutions",
     "generate_sudoku",
     "rate_sudoku",
@@ -418,17 +432,43 @@ def _minimise(q: np.ndarray, sol: np.ndarray, rng: np.random.Generator, blanks: 
     return q
 
 
-def _generate_one(args: tuple[int, ...]) -> tuple[str, str, int, int]:
-    seed, index, attempt, min_rating, blanks = args
+DEFAULT_MAX_ATTEMPTS = 1000
+# A unique puzzle with at most this many blanks is solved by naked singles alone, so its rating is 0 (module
+# docstring): a positive min_rating with so few blanks can never be met.
+MAX_BLANKS_RATED_ZERO = 4
+
+
+def _generate_one(args: tuple[int, ...]) -> tuple[str | None, str | None, int, int]:
+    """(question, answer, rating, tries) of puzzle `index`, or (None, None, best rating seen or -1 when no
+    draw reached `blanks`, tries) once `max_attempts` random grids failed."""
+    seed, index, attempt, min_rating, blanks, max_attempts = args
     rng = np.random.default_rng([seed, index, attempt])
-    tries = 0
-    while True:
-        tries += 1
+    best = -1
+    for tries in range(1, max_attempts + 1):
         sol = _random_solution(rng)
         q = _minimise(sol, sol, rng, blanks)
+        if blanks < 81 and 81 - np.count_nonzero(q) < blanks:
+            continue  # became minimal before reaching `blanks`
         r = _rating(q)
-        if r >= min_rating and (blanks >= 81 or 81 - np.count_nonzero(q) >= blanks):
+        best = max(best, r)
+        if r >= min_rating:
             return sudoku_to_string(q), sudoku_to_string(sol), r, tries
+    return None, None, best, max_attempts
+
+
+def _gave_up_message(reached: int, count: int, index: int, blanks: int | None, min_rating: int,
+                     max_attempts: int, best: int, excluded: bool) -> str:
+    shape = "minimal puzzles" if blanks is None else f"puzzles with {blanks} blanks"
+    if excluded:
+        why = (f"puzzle {index + 1} repeated an excluded or earlier question {max_attempts} times")
+    elif best < 0:
+        why = (f"none of {max_attempts} random grids for puzzle {index + 1} reached {blanks} blanks with one "
+               "solution (they became minimal first; a random minimal puzzle has about 56 blanks)")
+    else:
+        why = (f"none of {max_attempts} random grids for puzzle {index + 1} was rated >= {min_rating} "
+               f"(highest rating seen: {best})")
+    return (f"gave up generating sudokus: reached {reached} of {count} {shape} rated >= {min_rating}; {why}. "
+            "Lower --min-rating, use more --blanks (or none, for minimal puzzles), or raise --max-attempts")
 
 
 def generate_sudoku(
@@ -441,43 +481,68 @@ def generate_sudoku(
     source: str = "attractor_jax.generate_sudoku",
     progress: bool = False,
     blanks: int | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> list[PuzzleRow]:
     """`count` puzzles with exactly one solution and rating >= min_rating, as CSV rows (source, question,
     answer, rating). Questions in `exclude` (CSV strings) or repeated are replaced by fresh draws. workers > 1
     starts that many spawned processes (from a script, call this under `if __name__ == "__main__":`).
     `blanks`: stop removing givens once this many cells are blank (easy puzzles for quick experiments; still
     exactly one solution); None removes givens until the puzzle is minimal (20–60 blanks is a sensible range:
-    a random minimal puzzle has about 56)."""
+    a random minimal puzzle has about 56). `progress` shows a progress bar on stdout.
+
+    Never runs unbounded: a min_rating that no puzzle with `blanks` blanks can have is a ValueError up front
+    (blanks <= 4 forces rating 0, module docstring); otherwise each puzzle gets at most `max_attempts` random
+    grids (and at most `max_attempts` redraws for questions that repeat `exclude` or an earlier one), after
+    which a ValueError names the count reached, the blanks and the rating asked for. The default (1000)
+    gives up after about 35 CPU-seconds per puzzle for minimal puzzles, about 5-7 s with blanks=30;
+    min_rating=10 needs about 14 grids per minimal puzzle on average."""
     count = check_nonneg("count", count, 1)
-    if blanks is not None and not (isinstance(blanks, int) and 1 <= blanks <= 64):
+    if blanks is not None and (isinstance(blanks, bool) or not isinstance(blanks, int)
+                               or not 1 <= blanks <= 64):
         raise ValueError(f"blanks={blanks!r} is invalid: expected an int in [1, 64] (a sudoku with a unique "
                          "solution has at least 17 givens)")
     min_rating = check_nonneg("min_rating", min_rating, 0)
     seed = check_nonneg("seed", seed, 0)
     workers = check_nonneg("workers", workers, 1)
+    max_attempts = check_nonneg("max_attempts", max_attempts, 1)
+    if blanks is not None and blanks <= MAX_BLANKS_RATED_ZERO and min_rating > 0:
+        raise ValueError(
+            f"min_rating={min_rating} is unreachable with blanks={blanks}: a sudoku with one solution and at "
+            f"most {MAX_BLANKS_RATED_ZERO} blanks is solved by singles alone (rating 0); use more blanks or "
+            "--min-rating 0")
     seen = set(exclude)
-    rows: list[PuzzleRow] = []
-    todo = [(seed, i, 0, min_rating, 81 if blanks is None else blanks) for i in range(count)]
-    t0 = time.time()
+    rows: list[tuple[int, PuzzleRow]] = []
+    todo = [(seed, i, 0, min_rating, 81 if blanks is None else blanks, max_attempts) for i in range(count)]
+    bar = Progress(count, "sudokus", enabled=progress)
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    finished = False
     try:
         while todo:
-            results = pool.imap(_generate_one, todo, chunksize=4) if pool else map(_generate_one, todo)
+            # chunks of one puzzle: a puzzle that gives up is reported at once, not after its chunk
+            results = pool.imap(_generate_one, todo) if pool else map(_generate_one, todo)
             redo = []
             for job, (q, a, r, _) in zip(todo, results):
+                if q is None:
+                    raise ValueError(_gave_up_message(len(rows), count, job[1], blanks, min_rating,
+                                                      max_attempts, r, excluded=False))
                 if q in seen:
+                    if job[2] + 1 > max_attempts:
+                        raise ValueError(_gave_up_message(len(rows), count, job[1], blanks, min_rating,
+                                                          max_attempts, r, excluded=True))
                     redo.append((job[0], job[1], job[2] + 1, *job[3:]))
                     continue
                 seen.add(q)
                 rows.append((job[1], PuzzleRow(source, q, a, r)))
-                if progress and len(rows) % 100 == 0:
-                    print(
-                        f"  {len(rows)}/{count} sudokus, {len(rows) / (time.time() - t0):.2f}/s", flush=True
-                    )
+                bar.update()
             todo = redo
+        finished = True
     finally:
+        bar.close()
         if pool is not None:
-            pool.close()
+            if finished:
+                pool.close()
+            else:
+                pool.terminate()  # a failure (or Ctrl-C): do not wait for the other workers' draws
             pool.join()
     return [r for _, r in sorted(rows, key=lambda x: x[0])]
 
@@ -539,23 +604,167 @@ def validate_sudoku(question: Any, prediction: Any, encoded: bool | None = None)
 # ----------------------------------------------------------------------------------------------------
 
 
-def _load_sudoku_csv(path: pathlib.Path, min_rating: int | None) -> tuple[np.ndarray, np.ndarray]:
-    qs, ans = [], []
-    for i, row in enumerate(read_puzzle_csv(path)):
-        if min_rating is not None and row.rating < min_rating:
-            continue
-        where = f"{path}: row {i + 1}"
-        q = _as_digits(row.question, f"{where} question")
-        a = _as_digits(row.answer, f"{where} answer")
-        if (a == 0).any() or ((q > 0) & (q != a)).any():
-            raise ValueError(f"{where}: the answer is incomplete or disagrees with the givens")
-        qs.append(q)
-        ans.append(a)
-    if not qs:
+class SudokuCSV(NamedTuple):
+    """A checked sudoku CSV (`check_sudoku_csv`): raw digits int8 [N, 81] (0 = blank), ratings int64 [N],
+    and how many later duplicate questions were dropped (dedupe=True)."""
+
+    questions: np.ndarray
+    answers: np.ndarray
+    ratings: np.ndarray
+    dropped_duplicates: int
+
+
+_SHOW_LINES = 5  # line numbers listed per failed check
+
+
+def _parse_grids(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Raw digits int8 [N, 81] of CSV grid strings ('.' or '0' blank) and a mask of the malformed ones (not 81
+    characters of '.0123456789'), whose rows are left 0."""
+    n = len(texts)
+    out = np.zeros((n, 81), np.int8)
+    bad = np.zeros(n, bool)
+    raw = [t.strip().encode("utf-8", "replace") for t in texts]
+    ok = np.array([len(b) == 81 for b in raw], bool)
+    bad |= ~ok
+    idx = np.flatnonzero(ok)
+    if len(idx):
+        buf = np.frombuffer(b"".join(raw[i] for i in idx), np.uint8).reshape(-1, 81)
+        buf = np.where(buf == ord("."), ord("0"), buf).astype(np.int16) - ord("0")
+        good = ((buf >= 0) & (buf <= 9)).all(axis=1)
+        out[idx[good]] = buf[good].astype(np.int8)
+        bad[idx[~good]] = True
+    return out, bad
+
+
+def _units(grids: np.ndarray) -> np.ndarray:
+    """[N, 27, 9]: the 9 rows, 9 columns and 9 boxes of each grid in [N, 81]."""
+    g = grids.reshape(-1, 9, 9)
+    boxes = g.reshape(-1, 3, 3, 3, 3).transpose(0, 1, 3, 2, 4).reshape(-1, 9, 9)
+    return np.concatenate([g, g.transpose(0, 2, 1), boxes], axis=1)
+
+
+def _solved_grid_mask(answers: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Which complete grids are solved sudokus: every row, column and box, sorted, is exactly 1..9."""
+    ok = np.empty(len(answers), bool)
+    want = np.arange(1, 10, dtype=np.int8)
+    for s in range(0, len(answers), chunk):
+        u = np.sort(_units(answers[s:s + chunk]), axis=-1)
+        ok[s:s + chunk] = (u == want).all(axis=(1, 2))
+    return ok
+
+
+def _first_unit_fault(answer: np.ndarray) -> str:
+    """'row 2 of 9 holds 5 more than once and lacks 7' for the first unit (counted from 1) of a complete grid
+    that is not a permutation of 1..9."""
+    for k, unit in enumerate(_units(answer[None])[0]):
+        counts = np.bincount(unit, minlength=10)[1:]
+        if (counts != 1).any():
+            name = ("row", "column", "box")[k // 9]
+            twice = [str(d + 1) for d in np.flatnonzero(counts > 1)]
+            lacks = [str(d + 1) for d in np.flatnonzero(counts == 0)]
+            return (f"{name} {k % 9 + 1} of 9 holds {', '.join(twice)} more than once and lacks "
+                    f"{', '.join(lacks)}")
+    return "no unit fault"
+
+
+def _csv_line_numbers(path: pathlib.Path) -> list[int]:
+    """The 1-based CSV line of each row `read_puzzle_csv` returns (header = line 1; blank records skipped)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        return [reader.line_num for rec in reader if rec]
+
+
+def _lines_text(lines: Sequence[int]) -> str:
+    shown = ", ".join(str(x) for x in lines[:_SHOW_LINES])
+    more = f", ... ({len(lines) - _SHOW_LINES} more)" if len(lines) > _SHOW_LINES else ""
+    s = "s" if len(lines) != 1 else ""
+    return f"{len(lines)} row{s} (CSV line{s} {shown}{more})"
+
+
+def check_sudoku_rows(
+    rows: Sequence[PuzzleRow], *, dedupe: bool = False, where: str = "sudoku CSV",
+    line_numbers: Sequence[int] | Callable[[], Sequence[int]] | None = None,
+) -> SudokuCSV:
+    """Check every row of a sudoku CSV and return its grids, or raise one ValueError (a single line) that
+    names each failed check with the CSV line numbers of its rows (the first few and the count):
+
+    * the question and answer are 81 characters of '.', '0'..'9' (the answer complete: no blank);
+    * the answer is a solved sudoku: each row, column and 3x3 box holds 1..9 exactly once;
+    * the answer extends the question: every given digit equals the answer's digit at that cell;
+    * no question (blanks '.' and '0' alike) appears twice with different answers (several solutions), and
+      none appears twice at all unless `dedupe`, which keeps the first and drops later ones.
+
+    `line_numbers` (a list or a callable giving one, called only on failure) maps row i to its line in the
+    file; by default line i + 2 (a header, then one line per row)."""
+    n = len(rows)
+    q, q_bad = _parse_grids([r.question for r in rows])
+    a, a_bad = _parse_grids([r.answer for r in rows])
+    incomplete = ~a_bad & (a == 0).any(axis=1)
+    comparable = ~q_bad & ~a_bad & ~incomplete
+    unsolved = comparable & ~_solved_grid_mask(a)
+    disagrees = comparable & ((q > 0) & (q != a)).any(axis=1)
+    first_of: dict[bytes, int] = {}
+    duplicate, conflicting, keep = [], [], np.ones(n, bool)
+    for i in np.flatnonzero(~q_bad).tolist():
+        key = q[i].tobytes()
+        j = first_of.setdefault(key, i)
+        if j != i:
+            keep[i] = False
+            (conflicting if not a_bad[i] and not a_bad[j] and (a[i] != a[j]).any() else duplicate).append(i)
+    failures: list[tuple[str, np.ndarray]] = [
+        ("question is not 81 characters of '.', '0'..'9'", np.flatnonzero(q_bad)),
+        ("answer is not 81 characters of '.', '0'..'9'", np.flatnonzero(a_bad)),
+        ("answer has blank cells", np.flatnonzero(incomplete)),
+        ("answer is not a solved sudoku (a row, column or box does not hold 1..9 exactly once)",
+         np.flatnonzero(unsolved)),
+        ("answer disagrees with a given of the question", np.flatnonzero(disagrees)),
+        ("question repeats an earlier one with a different answer (several solutions)",
+         np.array(conflicting, int)),
+    ]
+    if not dedupe:
+        failures.append(("question repeats an earlier one (pass --dedupe to drop later duplicates)",
+                         np.array(duplicate, int)))
+    failures = [(what, idx) for what, idx in failures if len(idx)]
+    if failures:
+        lines = line_numbers() if callable(line_numbers) else line_numbers
+        lines = list(range(2, n + 2)) if lines is None else list(lines)
+        bad = np.unique(np.concatenate([idx for _, idx in failures]))
+        parts = []
+        for what, idx in failures:
+            text = f"{what}: {_lines_text([lines[i] for i in idx])}"
+            if what.startswith("answer is not a solved"):
+                text += f", first: line {lines[idx[0]]} {_first_unit_fault(a[idx[0]])}"
+            elif what.startswith("question repeats"):
+                i = idx[0]
+                text += f", first: line {lines[i]} repeats line {lines[first_of[q[i].tobytes()]]}"
+            parts.append(text)
+        raise ValueError(f"{where}: {len(bad)} of {n} rows fail validation, nothing written; "
+                         + "; ".join(parts))
+    ratings = np.array([r.rating for r in rows], np.int64)
+    return SudokuCSV(q[keep], a[keep], ratings[keep], int(n - keep.sum()))
+
+
+def check_sudoku_csv(path: str | os.PathLike, *, dedupe: bool = False) -> SudokuCSV:
+    """`check_sudoku_rows` on the rows of a CSV in the official layout; errors cite the file's lines."""
+    path = pathlib.Path(path)
+    rows = read_puzzle_csv(path)
+    return check_sudoku_rows(rows, dedupe=dedupe, where=str(path),
+                             line_numbers=lambda: _csv_line_numbers(path))
+
+
+def _load_sudoku_csv(path: pathlib.Path, min_rating: int | None, dedupe: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Checked questions and answers (raw digits [N, 81]) rated >= min_rating, and the duplicates dropped."""
+    data = check_sudoku_csv(path, dedupe=dedupe)
+    keep = np.ones(len(data.ratings), bool) if min_rating is None else data.ratings >= min_rating
+    if not keep.any():
         raise ValueError(
             f"{path}: no puzzles" + (f" rated >= {min_rating}" if min_rating is not None else "")
         )
-    return np.stack(qs), np.stack(ans)
+    return data.questions[keep], data.answers[keep], data.dropped_duplicates
 
 
 def build_sudoku_dataset(
@@ -570,6 +779,7 @@ def build_sudoku_dataset(
     min_rating: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    dedupe: bool = False,
 ) -> pathlib.Path:
     """Build the Sudoku-Extreme dataset layout from `source` (a folder holding train_csv/test_csv or a hub
     repo id such as `sapientinc/sudoku-extreme`).
@@ -577,6 +787,10 @@ def build_sudoku_dataset(
     Train: optionally filtered by rating, subsampled to `subsample_size` puzzles (seeded), and each puzzle
     becomes a group of 1 + num_aug puzzles (the original, then `augment_sudoku` draws). Test: filtered,
     optionally subsampled (`test_subsample_size`; TRM uses all), never augmented.
+
+    Every row of both CSVs is checked first (`check_sudoku_rows`: a solved answer that extends its question,
+    no repeated question unless `dedupe`, which drops later repeats and records their number per split in
+    builder.json as `dropped_duplicates`); any failure is one ValueError and nothing is written.
     """
     subsample_size = check_nonneg("subsample_size", subsample_size, 1, allow_none=True)
     test_subsample_size = check_nonneg("test_subsample_size", test_subsample_size, 1, allow_none=True)
@@ -585,9 +799,9 @@ def build_sudoku_dataset(
     check_output_free(output, overwrite)
     paths = {"train": resolve_csv(source, train_csv), "test": resolve_csv(source, test_csv)}
     rng = np.random.default_rng(seed)
+    loaded = {split: _load_sudoku_csv(path, min_rating, dedupe) for split, path in paths.items()}
     splits = {}
-    for split, path in paths.items():
-        q, a = _load_sudoku_csv(path, min_rating)
+    for split, (q, a, _) in loaded.items():
         q, a = subsample_rows(rng, subsample_size if split == "train" else test_subsample_size, q, a)
         k = num_aug if split == "train" else 0
         ins = np.empty((len(q), 1 + k, 81), np.uint8)
@@ -608,7 +822,9 @@ def build_sudoku_dataset(
         "num_aug": num_aug,
         "min_rating": min_rating,
         "seed": seed,
+        "dedupe": dedupe,
     })
+    builder["dropped_duplicates"] = {split: dropped for split, (_, _, dropped) in loaded.items()}
     return write_dataset(
         output,
         splits,
