@@ -5,7 +5,14 @@ import pathlib
 import jax
 import pytest
 
+from attractor_jax._platform import prefer_cpu_without_accelerator
+
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+# The dev extra installs libtpu for test_aot.py's compile-only check of a v5e slice; on machines without TPU
+# chips or another accelerator plugin (CI) the tests run on the CPU backend without libtpu's start-up warnings.
+prefer_cpu_without_accelerator()
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ mesh, abstract state and shardings over them exactly as a run would, and the jit
 lowered on ``ShapeDtypeStruct`` s and compiled by the TPU compiler. ``memory_analysis()`` then gives the
 per-chip memory of the step, so a pod configuration (preset × topology × mesh × batch) is validated before
 anyone pays for the pod. A step that does not fit fails to compile with the compiler's own numbers; that is
-reported as ``fits: false``, not as a crash.
+reported as ``fits: false``, not as a crash. A puzzle-reasoner preset (``trm-*``, ``attractor-sudoku-*``, ...)
+compiles the reasoner's step instead: one ACT supervision step on the sharded carry, TRM's optimizer and the
+EMA, as `attractor_jax.train.puzzle_trainer` jits it (its sequence length is the model's ``seq_len``).
 
     python -m attractor_jax.train.aot --preset attractor-large-770m --topology v5litepod-256 \\
         --mesh fsdp=64,tensor=4 --batch-size 256 --seq-len 2048 --dtype bfloat16 --json aot.json
@@ -276,38 +278,24 @@ def _oom_numbers(message: str) -> dict:
     return out
 
 
-def compile_train_step(run, topology: Topology | str, *, devices: Sequence | None = None) -> dict:
-    """Lower and compile ``run``'s train step for ``topology``; return the per-chip memory report.
+_COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 
-    ``run`` is a `trainer.RunConfig` (no data path needed). Raises `AOTError` for bad input; a step that does
-    not fit in HBM returns ``fits: False`` with the compiler's message.
-    """
+
+def _count_collectives(hlo_text: str) -> dict[str, int]:
+    """Collective ops of the compiled (per-chip) program, by kind: FSDP shows up as all-gathers of the sharded
+    parameters, tensor parallelism and gradient reduction as all-reduces (or reduce-scatters)."""
+    return {op: len(re.findall(rf"[\s(]{op}(?:-start)?\(", hlo_text)) for op in _COLLECTIVES}
+
+
+def _lower_lm(run, devices, t):
+    """The LM train step (`trainer.setup`/`make_steps`, as `trainer.train` jits it), lowered on abstract
+    inputs. Returns (lowered, model config, abstract state, state shardings, seq_len)."""
     import jax
     import jax.numpy as jnp
 
-    from attractor_jax.models import param_counts
     from attractor_jax.train import sharding as shd
     from attractor_jax.train.trainer import make_steps, setup
 
-    topo = parse_topology(topology) if isinstance(topology, str) else topology
-    t = run.train
-    try:
-        sizes = shd.parse_mesh(t.mesh, topo.devices_total)
-    except ValueError as exc:
-        raise AOTError(
-            f"mesh {t.mesh!r} does not fit TPU topology {topo.name} ({topo.devices_total} chips): {exc}"
-        ) from None
-    n_batch = sizes["data"] * sizes["fsdp"]
-    micro = t.batch_size // t.grad_accum
-    if micro % n_batch:
-        raise AOTError(
-            f"train.batch_size={t.batch_size} (per micro-batch {micro}) is not divisible by the "
-            f"{n_batch} data-parallel chips (data × fsdp) of mesh {t.mesh!r}"
-        )
-    if devices is None:
-        devices = topology_devices(topo)
-
-    t0 = time.perf_counter()
     s = setup(run, devices=devices)
     train_step, _ = make_steps(s.graphdef, s.optimizer, t.grad_accum)
     batch_sh = shd.batch_sharding(s.mesh)
@@ -324,11 +312,90 @@ def compile_train_step(run, topology: Topology | str, *, devices: Sequence | Non
         out_shardings=(s.state_shardings, None),
         donate_argnums=(0,),
     )
-    lowered = step.lower(state, batch)
+    return step.lower(state, batch), s.model_config, s.abstract_state, s.state_shardings, t.seq_len
+
+
+def _lower_reasoner(run, devices, t):
+    """The puzzle reasoner's train step (`puzzle_trainer._PuzzleSetup` + `make_reasoner_train_step`, as
+    `train_puzzles` jits it), lowered on an abstract batch of the puzzle pipeline's layout."""
+    import jax
+    import jax.numpy as jnp
+
+    from attractor_jax.train.puzzle_optim import make_reasoner_train_step
+    from attractor_jax.train.puzzle_trainer import _PuzzleSetup
+
+    ps = _PuzzleSetup(run, devices=devices)
+    cfg = ps.model_config
+    train_step = make_reasoner_train_step(
+        ps.graphdef, ps.optimizer, loss_type=cfg.loss_type, ema_decay=run.optim.ema_decay
+    )
+    b, length = t.batch_size, cfg.seq_len
+    layout = {
+        "inputs": ((b, length), jnp.int32),
+        "labels": ((b, length), jnp.int32),
+        "puzzle_identifiers": ((b,), jnp.int32),
+        "mask": ((b,), jnp.bool_),
+    }
+    batch = {
+        k: jax.ShapeDtypeStruct(shape, dtype, sharding=ps.batch_sharding[k])
+        for k, (shape, dtype) in layout.items()
+    }
+    step = jax.jit(
+        train_step,
+        in_shardings=(ps.state_shardings, ps.batch_sharding),
+        out_shardings=(ps.state_shardings, None),
+        donate_argnums=(0,),
+    )
+    return step.lower(ps.abstract_sharded(), batch), cfg, ps.abstract_state, ps.state_shardings, length
+
+
+# Parts of the train state reported per chip (those the state has and that are not None).
+_STATE_PARTS = ("params", "opt_state", "ema", "buffers", "carry")
+
+
+def compile_train_step(run, topology: Topology | str, *, devices: Sequence | None = None) -> dict:
+    """Lower and compile ``run``'s train step for ``topology``; return the per-chip memory report.
+
+    ``run`` is a `trainer.RunConfig` (no data path needed) of a language model or of a puzzle reasoner.
+    Raises `AOTError` for bad input; a step that does not fit in HBM returns ``fits: False`` with the
+    compiler's message.
+    """
+    from attractor_jax.models import is_reasoner, param_counts
+    from attractor_jax.train import sharding as shd
+
+    topo = parse_topology(topology) if isinstance(topology, str) else topology
+    t = run.train
+    reasoner = is_reasoner(run.model)
+    try:
+        sizes = shd.parse_mesh(t.mesh, topo.devices_total)
+    except ValueError as exc:
+        raise AOTError(
+            f"mesh {t.mesh!r} does not fit TPU topology {topo.name} ({topo.devices_total} chips): {exc}"
+        ) from None
+    if reasoner and t.grad_accum != 1:
+        raise AOTError(
+            f"train.grad_accum={t.grad_accum}: puzzle reasoners train with grad_accum 1 (the ACT carry "
+            "belongs to the rows of one global batch)"
+        )
+    n_batch = sizes["data"] * sizes["fsdp"]
+    micro = t.batch_size // t.grad_accum
+    if micro % n_batch:
+        raise AOTError(
+            f"train.batch_size={t.batch_size} (per micro-batch {micro}) is not divisible by the "
+            f"{n_batch} data-parallel chips (data × fsdp) of mesh {t.mesh!r}"
+        )
+    if devices is None:
+        devices = topology_devices(topo)
+
+    t0 = time.perf_counter()
+    lower = _lower_reasoner if reasoner else _lower_lm
+    lowered, model_config, abstract_state, state_shardings, seq_len = lower(run, devices, t)
     t1 = time.perf_counter()
+    parts = [p for p in _STATE_PARTS if getattr(abstract_state, p, None) is not None]
 
     report: dict[str, Any] = {
         "preset": run.model.name,
+        "kind": "reasoner" if reasoner else "lm",
         "topology": topo.name,
         "accelerator_type": topo.accelerator_type,
         "num_slices": topo.num_slices,
@@ -337,21 +404,17 @@ def compile_train_step(run, topology: Topology | str, *, devices: Sequence | Non
         "device_kind": devices[0].device_kind,
         "mesh": sizes,
         "batch_size": t.batch_size,
-        "seq_len": t.seq_len,
+        "seq_len": seq_len,
         "grad_accum": t.grad_accum,
-        "tokens_per_step": t.batch_size * t.seq_len,
-        "dtype": s.model_config.dtype,
-        "optimizer": run.optim.optimizer,
-        "params": param_counts(s.model_config)["total"],
+        "tokens_per_step": t.batch_size * seq_len,
+        "dtype": model_config.dtype,
+        "optimizer": getattr(run.optim, "optimizer", "adamw+signsgd (TRM)"),
+        "params": param_counts(model_config)["total"],
         "hbm_per_chip": topo.hbm_bytes,
         "state_per_chip": {
-            "params": _shard_bytes(s.abstract_state.params, s.state_shardings.params),
-            "opt_state": _shard_bytes(s.abstract_state.opt_state, s.state_shardings.opt_state),
+            p: _shard_bytes(getattr(abstract_state, p), getattr(state_shardings, p)) for p in parts
         },
-        "state_total": {
-            "params": _shard_bytes(s.abstract_state.params, None),
-            "opt_state": _shard_bytes(s.abstract_state.opt_state, None),
-        },
+        "state_total": {p: _shard_bytes(getattr(abstract_state, p), None) for p in parts},
         "lower_seconds": round(t1 - t0, 2),
     }
     notes = []
@@ -386,6 +449,10 @@ def compile_train_step(run, topology: Topology | str, *, devices: Sequence | Non
         "temps": int(m.temp_size_in_bytes),
         "generated_code": int(m.generated_code_size_in_bytes),
     }
+    try:
+        collectives = _count_collectives(compiled.as_text())
+    except Exception:  # noqa: BLE001 - the op counts are informative only
+        collectives = None
     summed = mem["arguments"] + mem["outputs"] - mem["aliased"] + mem["temps"] + mem["generated_code"]
     peak = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
     mem["peak"] = peak or None
@@ -396,6 +463,7 @@ def compile_train_step(run, topology: Topology | str, *, devices: Sequence | Non
         compile_seconds=round(t2 - t1, 2),
         memory_per_chip=mem,
         headroom=topo.hbm_bytes - mem["total"],
+        collectives=collectives,
         error=None,
     )
     return report
@@ -417,9 +485,10 @@ def format_report(r: dict) -> str:
     ]
     sp = r["state_per_chip"]
     st = r["state_total"]
+    label = {"opt_state": "optimizer", "ema": "EMA"}
     lines.append(
-        f"  state per chip: params {_gib(sp['params'])} (of {_gib(st['params'])}), optimizer "
-        f"{_gib(sp['opt_state'])} (of {_gib(st['opt_state'])})"
+        "  state per chip: "
+        + ", ".join(f"{label.get(p, p)} {_gib(sp[p])} (of {_gib(st[p])})" for p in sp)
     )
     lines += [f"  note: {n}" for n in r.get("notes", [])]
     m = r["memory_per_chip"]
@@ -436,6 +505,9 @@ def format_report(r: dict) -> str:
             + f" (headroom {_gib(r['headroom'])}); "
             f"compiled in {r['compile_seconds']:.0f} s"
         )
+        if r.get("collectives"):
+            ops = ", ".join(f"{n} {op}" for op, n in r["collectives"].items() if n)
+            lines.append(f"  collectives per step: {ops or 'none'}")
     return "\n".join(lines)
 
 
@@ -475,10 +547,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_from_args(args: argparse.Namespace):
-    from attractor_jax.models import get_config
+    from attractor_jax.models import get_config, is_reasoner
     from attractor_jax.train.trainer import RunConfig, apply_sets
 
-    run = RunConfig(model=get_config(args.preset))
+    run = RunConfig.for_model(get_config(args.preset))  # a reasoner gets its PuzzleOptimConfig
+    if is_reasoner(run.model) and args.seq_len is not None:
+        raise AOTError(
+            f"--seq-len: {args.preset} is a puzzle reasoner, whose sequence length is its model's "
+            f"seq_len ({run.model.seq_len}); use --set model.seq_len=N"
+        )
     changes = {
         k: v
         for k, v in (
