@@ -108,7 +108,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
             out = pz.build_sudoku_dataset(
                 args.source, args.output, train_csv=args.train_csv, test_csv=args.test_csv,
                 subsample_size=args.subsample_size, test_subsample_size=args.test_subsample_size,
-                num_aug=args.num_aug, min_rating=args.min_rating, seed=args.seed, overwrite=args.overwrite)
+                num_aug=args.num_aug, min_rating=args.min_rating, seed=args.seed, overwrite=args.overwrite,
+                dedupe=args.dedupe)
+            if args.dedupe:
+                dropped = json.loads((out / "builder.json").read_text()).get("dropped_duplicates", {})
+                print(f"--dedupe: dropped {sum(dropped.values())} later duplicate puzzle(s) ("
+                      + ", ".join(f"{k} {v}" for k, v in dropped.items()) + ")")
         elif args.data_command == "maze":
             out = pz.build_maze_dataset(
                 args.source, args.output, train_csv=args.train_csv, test_csv=args.test_csv,
@@ -131,12 +136,13 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "generate-sudoku":
         rows = pz.generate_sudoku(args.count, min_rating=args.min_rating, seed=args.seed,
                                   workers=args.workers, exclude=pz.sudoku_exclusions(exclude_paths),
-                                  progress=args.progress, blanks=args.blanks)
+                                  progress=not args.no_progress, blanks=args.blanks,
+                                  max_attempts=args.max_attempts)
         what = "sudokus"
     else:
         rows = pz.generate_maze(args.count, size=args.size, min_path=args.min_path, seed=args.seed,
                                 workers=args.workers, exclude=pz.maze_exclusions(exclude_paths),
-                                progress=args.progress)
+                                progress=not args.no_progress)
         what = "mazes"
     dt = time.time() - t0
     pz.write_puzzle_csv(args.output, rows)
@@ -160,6 +166,9 @@ def _add_data_parser(sub) -> None:
         if name == "sudoku":
             b.add_argument("--num-aug", type=int, default=0, help="augmented copies per training puzzle")
             b.add_argument("--min-rating", type=int, help="drop puzzles rated below this")
+            b.add_argument("--dedupe", action="store_true",
+                           help="drop later rows whose question repeats an earlier one (default: an error); "
+                                "every row is checked: a solved answer that keeps the question's givens")
         else:
             b.add_argument("--no-aug", action="store_true", help="no 8 dihedral images per training maze")
         b.add_argument("--seed", type=int, default=0)
@@ -187,6 +196,9 @@ def _add_data_parser(sub) -> None:
             g.add_argument("--blanks", type=int,
                            help="easy puzzles: stop at this many blank cells (still one solution) instead of "
                                 "making the puzzle minimal")
+            g.add_argument("--max-attempts", type=int, default=1000,
+                           help="random grids per puzzle before giving up with an error (default 1000: about "
+                                "35 CPU-s per minimal puzzle; raise it for high --min-rating)")
         else:
             g.add_argument("--min-path", type=int, default=110,
                            help="keep mazes whose shortest path is longer than this (moves)")
@@ -196,7 +208,8 @@ def _add_data_parser(sub) -> None:
                        help="processes (the output does not depend on it)")
         g.add_argument("--exclude", nargs="+", metavar="CSV",
                        help="CSVs whose puzzles or maze layouts must not recur (e.g. the train file)")
-        g.add_argument("--progress", action="store_true")
+        g.add_argument("--no-progress", action="store_true", help="hide the progress bar (on stdout)")
+        g.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)  # old flag: now the default
         g.add_argument("--overwrite", action="store_true")
         g.set_defaults(func=_cmd_data)
 
@@ -240,10 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from attractor_jax._platform import prefer_cpu_without_accelerator
+    from attractor_jax.train.rundir import OutOfMemoryError
+
+    prefer_cpu_without_accelerator()  # no libtpu start-up warnings on machines without accelerators
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, ImportError, KeyError) as exc:
+    except (ValueError, OSError, ImportError, KeyError, OutOfMemoryError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -27,7 +27,6 @@ What differs from language modelling:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pathlib
 import time
@@ -43,6 +42,14 @@ from attractor_jax.models import build_model, get_config
 from attractor_jax.models.reasoner_losses import SUMMED_METRICS, summarize_act_metrics
 from attractor_jax.train import sharding as shd
 from attractor_jax.train.checkpoint import Checkpointer
+from attractor_jax.train.rundir import (
+    RunDirectory,
+    check_step_memory,
+    memory_hint,
+    out_of_memory,
+    read_json,
+    write_json_atomic,
+)
 from attractor_jax.train.metrics import MetricsWriter
 from attractor_jax.train.puzzle_optim import (
     PuzzleOptimConfig,
@@ -102,6 +109,10 @@ def validate_puzzle_run(run, workdir=None) -> Any:
     if run.train.batch_size % n_data:
         raise ValueError(f"train.batch_size={run.train.batch_size} is not divisible by the {n_data} data-parallel "
                          f"devices of mesh {run.train.mesh!r}")
+    # The periodic and final evaluation read the test split in batches of batch_size: fail now, not after training.
+    _test_pipeline(run, run.train.batch_size)
+    if run.train.dtype is not None:
+        get_config(run.model, dtype=run.train.dtype)  # raises on an unknown dtype
     if workdir is not None:
         check_workdir(run, workdir)
     return run
@@ -225,27 +236,35 @@ def _flat_eval(res: dict) -> dict:
 def train_puzzles(run, workdir, *, stop_after: int | None = None,
                   on_log: Callable[[dict], None] | None = None) -> dict:
     """Train (or resume) a reasoner ``run`` in ``workdir`` (module docstring). Returns a summary dict."""
-    from attractor_jax.data.puzzles import make_puzzle_pipeline
-    from attractor_jax.train.trainer import (
-        _Progress,
-        _write_json_atomic,
-        close_run,
-        install_sigterm,
-        restore_or_init,
-    )
-
     run = validate_puzzle_run(run, workdir)
     wd = pathlib.Path(workdir)
-    wd.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(wd / "config.json", run.to_dict())
-
     ps = _PuzzleSetup(run)
     cfg = ps.model_config
     train_step = make_reasoner_train_step(ps.graphdef, ps.optimizer, loss_type=cfg.loss_type,
                                           ema_decay=run.optim.ema_decay)
-    jit_train = jax.jit(train_step, in_shardings=(ps.state_shardings, ps.batch_sharding),
-                        out_shardings=(ps.state_shardings, None), donate_argnums=(0,))
+    # Compile before anything is written, and refuse a step that cannot fit in device memory.
+    b, length = run.train.batch_size, cfg.seq_len
+    abstract_batch = {
+        "inputs": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=ps.batch_sharding["inputs"]),
+        "labels": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=ps.batch_sharding["labels"]),
+        "puzzle_identifiers": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=ps.batch_sharding["puzzle_identifiers"]),
+        "mask": jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=ps.batch_sharding["mask"]),
+    }
+    hint = memory_hint(run.train.batch_size, 1).replace(" or raise train.grad_accum (now 1, ", " (")
+    devices = list(ps.mesh.devices.flat)
+    with out_of_memory("train step", hint, devices=devices):
+        jit_train = jax.jit(train_step, in_shardings=(ps.state_shardings, ps.batch_sharding),
+                            out_shardings=(ps.state_shardings, None), donate_argnums=(0,)
+                            ).lower(ps.abstract_sharded(), abstract_batch).compile()
+    mem = check_step_memory(jit_train, devices, "train step", hint)
     jit_eval = jax.jit(make_reasoner_eval_step(ps.graphdef), static_argnums=(3,))
+    with RunDirectory(wd).session(run.to_dict()), out_of_memory("train step", hint, mem["bytes_per_device"], devices):
+        return _train_puzzles_loop(run, wd, ps, jit_train, jit_eval, stop_after, on_log)
+
+
+def _train_puzzles_loop(run, wd, ps, jit_train, jit_eval, stop_after, on_log) -> dict:
+    from attractor_jax.data.puzzles import make_puzzle_pipeline
+    from attractor_jax.train.trainer import _Progress, close_run, install_sigterm, restore_or_init
 
     train_it = make_puzzle_pipeline(run.data.path, "train", batch_size=run.train.batch_size, seed=run.train.seed,
                                     process_index=jax.process_index(), process_count=jax.process_count())
@@ -314,7 +333,7 @@ def train_puzzles(run, workdir, *, stop_after: int | None = None,
             final = _flat_eval(res)
             writer.write(step, final)
             summary.update(final)
-            _write_json_atomic(wd / "eval.json", {"step": step, "ema": state.ema is not None, "depths": res})
+            write_json_atomic(wd / "eval.json", {"step": step, "ema": state.ema is not None, "depths": res})
     finally:
         close_run(progress, ckpt, writer, old_handler)
     summary["step"] = step
@@ -324,8 +343,6 @@ def train_puzzles(run, workdir, *, stop_after: int | None = None,
 def evaluate_puzzles(run, workdir, depths: list[int | None] | None = None, batches: int | None = None) -> dict:
     """Evaluate the latest checkpoint of a reasoner run on its test split (all of it unless ``batches``) at
     the given ``max_iter`` values (None = full; default: the run's eval_depths + full). Writes eval.json."""
-    from attractor_jax.train.trainer import _write_json_atomic
-
     wd = pathlib.Path(workdir)
     ps = _PuzzleSetup(run)
     if depths is not None and not _is_attractor(ps.model_config) and any(d is not None for d in depths):
@@ -344,7 +361,7 @@ def evaluate_puzzles(run, workdir, depths: list[int | None] | None = None, batch
     if is_arc_dataset(run.data.path) and "full" in res and batches is None:
         res["full"].update(_arc_eval(ps, params, state.buffers, data, it.num_examples, run.data.path))
     out = {"step": step, "ema": state.ema is not None, "depths": res}
-    _write_json_atomic(wd / "eval.json", out)
+    write_json_atomic(wd / "eval.json", out)
     return out
 
 
@@ -366,4 +383,4 @@ def format_eval(res: dict) -> str:
 
 
 def load_eval(workdir) -> dict:
-    return json.loads((pathlib.Path(workdir) / "eval.json").read_text())
+    return read_json(pathlib.Path(workdir) / "eval.json", "evaluation")

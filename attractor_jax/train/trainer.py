@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
 import math
 import os
 import pathlib
 import signal
 import sys
-import tempfile
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -40,6 +38,13 @@ from attractor_jax.models.config import LMConfig, TRMConfig
 from attractor_jax.models.registry import is_reasoner
 from attractor_jax.train import sharding as shd
 from attractor_jax.train.checkpoint import Checkpointer
+from attractor_jax.train.rundir import (
+    RunDirectory,
+    check_step_memory,
+    memory_hint,
+    out_of_memory,
+    write_json_atomic,
+)
 from attractor_jax.train.metrics import MetricsWriter, backward_vjps, flops_per_token, peak_flops
 from attractor_jax.train.optim import OptimConfig, make_optimizer, optimizer_metrics
 from attractor_jax.train.puzzle_optim import PuzzleOptimConfig, reference_optim_config
@@ -299,7 +304,9 @@ def make_steps(graphdef, optimizer: optax.GradientTransformation, grad_accum: in
 # The run
 
 
-def _data_pipelines(run: RunConfig, process_index: int, process_count: int):
+def _data_pipelines(run: RunConfig, process_index: int, process_count: int, check: bool = False):
+    """``(train iterator, val_batches())``. ``check``: build both without starting threads or reading batches
+    (raises on a split too small for one batch)."""
     from attractor_jax.data import make_text_pipeline
 
     d, t = run.data, run.train
@@ -310,8 +317,14 @@ def _data_pipelines(run: RunConfig, process_index: int, process_count: int):
     common = dict(seq_len=t.seq_len, tokenizer=d.tokenizer, text_field=d.text_field,
                   val_path=d.val_path, val_fraction=d.val_fraction,
                   process_index=process_index, process_count=process_count)
+    if check:
+        common["prefetch"] = 0
     train_it = make_text_pipeline(d.path, batch_size=t.batch_size, seed=t.seed, split="train", **common)
     has_val = d.val_path is not None or d.val_fraction > 0
+    if check:
+        if has_val:
+            make_text_pipeline(d.path, batch_size=t.batch_size, seed=t.seed, split="validation", **common)
+        return train_it, None
 
     def val_batches():
         if not has_val:
@@ -347,6 +360,11 @@ def validate_run(run: RunConfig, workdir: str | os.PathLike) -> None:
         source = f"tokenizer {run.data.tokenizer!r}"
     if vocab > run.model.vocab_size:
         raise ValueError(f"{source} has {vocab} tokens but model.vocab_size is {run.model.vocab_size}")
+    if run.train.dtype is not None:
+        get_config(run.model, dtype=run.train.dtype)  # raises on an unknown dtype
+    if not str(run.data.path).startswith("seqio:"):
+        # Build (not iterate) both pipelines: a split too small for one batch fails here, not after training.
+        _data_pipelines(run, jax.process_index(), jax.process_count(), check=True)
     shd.parse_mesh(run.train.mesh, jax.device_count())
     n_data = math.prod(v for k, v in shd.parse_mesh(run.train.mesh, jax.device_count()).items() if k != "tensor")
     if (run.train.batch_size // run.train.grad_accum) % n_data:
@@ -357,36 +375,19 @@ def validate_run(run: RunConfig, workdir: str | os.PathLike) -> None:
 
 
 def check_workdir(run: RunConfig, workdir: str | os.PathLike) -> None:
-    """``workdir`` is a directory (or absent) and holds no run with a different configuration."""
-    wd = pathlib.Path(workdir)
-    if wd.exists() and not wd.is_dir():
-        raise ValueError(f"workdir {str(wd)!r} exists and is not a directory")
-    saved = wd / "config.json"
-    if saved.exists():
-        old = RunConfig.from_dict(json.loads(saved.read_text()))
-
-        def comparable(r: RunConfig) -> dict:
-            d = r.to_dict()
-            d["train"].pop("steps")
-            return d
-
-        if comparable(old) != comparable(run):
-            raise ValueError(f"workdir {str(wd)!r} holds a run with a different configuration; use a new "
-                             "workdir (only --steps may change when resuming)")
+    """``workdir`` is a directory (or absent); if it holds a run (a checkpoint), its configuration is ``run``'s
+    (only ``train.steps`` may differ). A workdir without a checkpoint is not a run yet and never blocks."""
+    RunDirectory(workdir).check(run.to_dict())
 
 
-def _write_json_atomic(path: pathlib.Path, payload: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2)
-    os.replace(tmp, path)
+_write_json_atomic = write_json_atomic
 
 
 def restore_or_init(ckpt: Checkpointer, abstract_sharded: Any, data_iter: Any, init: Callable[[], Any],
                     shardings: Any, workdir: pathlib.Path) -> tuple[int, Any]:
     """``(start_step, state)``: the newest readable checkpoint (and the data position, restored into
     ``data_iter``), or a fresh sharded ``init()`` at step 0. metrics.jsonl is cut back to the start step."""
-    restored = ckpt.restore(abstract_sharded, data_iter)
+    restored = ckpt.restore(abstract_sharded, data_iter, discard_damaged=True)
     if restored is None:
         MetricsWriter.truncate_after(workdir, -1)
         return 0, jax.jit(init, out_shardings=shardings)()
@@ -486,20 +487,30 @@ def train(run: RunConfig, workdir: str | os.PathLike, *, stop_after: int | None 
         return train_puzzles(run, workdir, stop_after=stop_after, on_log=on_log)
     validate_run(run, workdir)
     wd = pathlib.Path(workdir)
-    wd.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(wd / "config.json", run.to_dict())
-
     model_cfg, mesh, graphdef, optimizer, init, abstract_state, state_sh = setup(run)
     train_step, eval_step = make_steps(graphdef, optimizer, run.train.grad_accum)
     batch_sh = shd.batch_sharding(mesh)
-    jit_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
-                        donate_argnums=(0,))
-    jit_eval = jax.jit(eval_step, in_shardings=(state_sh.params, batch_sh), static_argnums=(2,))
-
-    train_it, val_batches = _data_pipelines(run, jax.process_index(), jax.process_count())
-    ckpt = Checkpointer(wd, keep=run.train.keep, async_save=run.train.async_checkpoint)
     abstract_sharded = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_sh)
+    # Compile before anything is written, and refuse a step that cannot fit in device memory.
+    hint = memory_hint(run.train.batch_size, run.train.grad_accum)
+    abstract_batch = {k: jax.ShapeDtypeStruct((run.train.batch_size, run.train.seq_len), jnp.int32,
+                                              sharding=batch_sh) for k in ("inputs", "targets")}
+    with out_of_memory("train step", hint, devices=mesh.devices.flat):
+        jit_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
+                            donate_argnums=(0,)).lower(abstract_sharded, abstract_batch).compile()
+    mem = check_step_memory(jit_train, list(mesh.devices.flat), "train step", hint)
+    jit_eval = jax.jit(eval_step, in_shardings=(state_sh.params, batch_sh), static_argnums=(2,))
+    with RunDirectory(wd).session(run.to_dict()), \
+            out_of_memory("train step", hint, mem["bytes_per_device"], list(mesh.devices.flat)):
+        return _train_loop(run, wd, model_cfg, init, state_sh, abstract_sharded, batch_sh, jit_train, jit_eval,
+                           stop_after, on_log)
+
+
+def _train_loop(run, wd, model_cfg, init, state_sh, abstract_sharded, batch_sh, jit_train, jit_eval, stop_after,
+                on_log) -> dict:
+    train_it, val_batches = _data_pipelines(run, jax.process_index(), jax.process_count())
+    ckpt = Checkpointer(wd, keep=run.train.keep, async_save=run.train.async_checkpoint)
     start, state = restore_or_init(ckpt, abstract_sharded, train_it, init, state_sh, wd)
     writer = MetricsWriter(wd, tensorboard=run.train.tensorboard)
 
@@ -584,9 +595,7 @@ def evaluate(workdir: str | os.PathLike, depths: list[int | None] | None = None,
              batches: int | None = None) -> dict:
     """Validation loss of the latest checkpoint in ``workdir`` at the given solver depths (None = full)."""
     wd = pathlib.Path(workdir)
-    if not (wd / "config.json").exists():
-        raise FileNotFoundError(f"workdir {str(wd)!r} has no config.json (not a training run)")
-    run = RunConfig.from_dict(json.loads((wd / "config.json").read_text()))
+    run = RunConfig.from_dict(RunDirectory(wd).read_config())
     if data_path is not None:
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, path=data_path))
     if is_reasoner(run.model):
