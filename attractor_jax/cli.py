@@ -79,7 +79,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     res = evaluate(args.workdir, depths=_parse_depths(args.max_iter), data_path=args.data, batches=args.batches)
     if any("exact" in r for r in res["depths"].values()):  # a puzzle reasoner
-        from attractor_jax.train.puzzle_trainer import format_eval
+        from attractor_jax.train.tasks.puzzle import format_eval
 
         print(format_eval(res))
         return 0

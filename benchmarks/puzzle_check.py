@@ -2,7 +2,7 @@
 
 Generates hard sudokus offline (minimal puzzles with a unique solution, `generate_sudoku`), builds them in the
 TRM/HRM on-disk layout with augmentations (`build_sudoku_dataset`), trains through the real trainer
-(``trainer.train`` → ``train_puzzles``: TRM's optimizer, ACT carry, EMA, orbax checkpoints) at the paper's global
+(``trainer.train`` with the puzzle task: TRM's optimizer, ACT carry, EMA, orbax checkpoints) at the paper's global
 batch (768) until ``--seconds`` run out — then the trainer's own SIGTERM path checkpoints and stops — and
 evaluates in eval mode on a few test batches with the solver at full depth and removed. Reports rows/s (puzzle
 examples advanced one supervision step per second), the solver's iterations, residual and converged

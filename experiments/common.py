@@ -113,7 +113,7 @@ def evaluate_with_stats(workdir: pathlib.Path, depths: list[int | None], batches
 
     from attractor_jax.train import sharding as shd
     from attractor_jax.train.checkpoint import Checkpointer
-    from attractor_jax.train.trainer import _data_pipelines, cross_entropy, setup
+    from attractor_jax.train.trainer import data_pipelines, cross_entropy, setup
 
     wd = pathlib.Path(workdir)
     run = RunConfig.from_dict(json.loads((wd / "config.json").read_text()))
@@ -133,7 +133,7 @@ def evaluate_with_stats(workdir: pathlib.Path, depths: list[int | None], batches
     if restored is None:
         raise FileNotFoundError(f"{wd} has no checkpoint")
     step, state, _ = restored
-    _, val_batches = _data_pipelines(run, 0, 1)
+    _, val_batches = data_pipelines(run, 0, 1)
     data = [jax.device_put(b, shd.batch_sharding(mesh)) for b in val_batches()]
 
     def one(params, batch, max_iter):

@@ -1,7 +1,7 @@
 """Shared driver of `sudoku.py` and `maze.py`: TRM vs the Attractor reasoner at a matched budget.
 
 Both models train through the real trainer (``attractor_jax.train.trainer.train``, which hands reasoner runs
-to ``train_puzzles``) on the same generated dataset, with the same steps, global batch, optimizer settings,
+to its puzzle task) on the same generated dataset, with the same steps, global batch, optimizer settings,
 seed and ACT depth, and are evaluated in eval mode on the test split: exact accuracy (whole grid right), cell
 accuracy, f-evaluations (L_level applications) per puzzle and, for the Attractor, the solver removed
 (max_iter = 0), 1, 2, 4 steps and the full solve. The solver's iterations and residuals during training come

@@ -51,7 +51,7 @@ def residuals(workdir: pathlib.Path, overrides: dict, batches: int):
 
     from attractor_jax.models import get_config
     from attractor_jax.train.checkpoint import Checkpointer
-    from attractor_jax.train.trainer import RunConfig, _data_pipelines, setup
+    from attractor_jax.train.trainer import RunConfig, data_pipelines, setup
 
     run = RunConfig.from_dict(json.loads((workdir / "config.json").read_text()))
     run = dataclasses.replace(run, model=get_config(run.model, **overrides),
@@ -61,7 +61,7 @@ def residuals(workdir: pathlib.Path, overrides: dict, batches: int):
     _, state, _ = ckpt.restore(abstract_state, None)
     ckpt.close()
     fn = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x)[1]["residual"])
-    _, val = _data_pipelines(run, 0, 1)
+    _, val = data_pipelines(run, 0, 1)
     return np.concatenate([np.asarray(fn(state.params, b["inputs"])).ravel() for b in val()])
 
 

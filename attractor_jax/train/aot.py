@@ -8,7 +8,7 @@ per-chip memory of the step, so a pod configuration (preset × topology × mesh 
 anyone pays for the pod. A step that does not fit fails to compile with the compiler's own numbers; that is
 reported as ``fits: false``, not as a crash. A puzzle-reasoner preset (``trm-*``, ``attractor-sudoku-*``, ...)
 compiles the reasoner's step instead: one ACT supervision step on the sharded carry, TRM's optimizer and the
-EMA, as `attractor_jax.train.puzzle_trainer` jits it (its sequence length is the model's ``seq_len``).
+EMA, as the trainer's puzzle task jits it (its sequence length is the model's ``seq_len``).
 
     python -m attractor_jax.train.aot --preset attractor-large-770m --topology v5litepod-256 \\
         --mesh fsdp=64,tensor=4 --batch-size 256 --seq-len 2048 --dtype bfloat16 --json aot.json
@@ -287,136 +287,55 @@ def _count_collectives(hlo_text: str) -> dict[str, int]:
     return {op: len(re.findall(rf"[\s(]{op}(?:-start)?\(", hlo_text)) for op in _COLLECTIVES}
 
 
-def _lower_lm(run, devices, t):
-    """The LM train step (`trainer.setup`/`make_steps`, as `trainer.train` jits it), lowered on abstract
-    inputs. Returns (lowered, model config, abstract state, state shardings, seq_len)."""
-    import jax
-    import jax.numpy as jnp
-
-    from attractor_jax.train import sharding as shd
-    from attractor_jax.train.trainer import make_steps, setup
-
-    s = setup(run, devices=devices)
-    train_step, _ = make_steps(s.graphdef, s.optimizer, t.grad_accum)
-    batch_sh = shd.batch_sharding(s.mesh)
-    state = jax.tree_util.tree_map(
-        lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), s.abstract_state, s.state_shardings
-    )
-    batch = {
-        k: jax.ShapeDtypeStruct((t.batch_size, t.seq_len), jnp.int32, sharding=batch_sh)
-        for k in ("inputs", "targets")
-    }
-    step = jax.jit(
-        train_step,
-        in_shardings=(s.state_shardings, batch_sh),
-        out_shardings=(s.state_shardings, None),
-        donate_argnums=(0,),
-    )
-    return step.lower(state, batch), s.model_config, s.abstract_state, s.state_shardings, t.seq_len
-
-
-def _lower_reasoner(run, devices, t):
-    """The puzzle reasoner's train step (`puzzle_trainer._PuzzleSetup` + `make_reasoner_train_step`, as
-    `train_puzzles` jits it), lowered on an abstract batch of the puzzle pipeline's layout."""
-    import jax
-    import jax.numpy as jnp
-
-    from attractor_jax.train.puzzle_optim import make_reasoner_train_step
-    from attractor_jax.train.puzzle_trainer import _PuzzleSetup
-
-    ps = _PuzzleSetup(run, devices=devices)
-    cfg = ps.model_config
-    train_step = make_reasoner_train_step(
-        ps.graphdef, ps.optimizer, loss_type=cfg.loss_type, ema_decay=run.optim.ema_decay
-    )
-    b, length = t.batch_size, cfg.seq_len
-    layout = {
-        "inputs": ((b, length), jnp.int32),
-        "labels": ((b, length), jnp.int32),
-        "puzzle_identifiers": ((b,), jnp.int32),
-        "mask": ((b,), jnp.bool_),
-    }
-    batch = {
-        k: jax.ShapeDtypeStruct(shape, dtype, sharding=ps.batch_sharding[k])
-        for k, (shape, dtype) in layout.items()
-    }
-    step = jax.jit(
-        train_step,
-        in_shardings=(ps.state_shardings, ps.batch_sharding),
-        out_shardings=(ps.state_shardings, None),
-        donate_argnums=(0,),
-    )
-    return step.lower(ps.abstract_sharded(), batch), cfg, ps.abstract_state, ps.state_shardings, length
-
-
 # Parts of the train state reported per chip (those the state has and that are not None).
 _STATE_PARTS = ("params", "opt_state", "ema", "buffers", "carry")
 
 
-def compile_train_step(run, topology: Topology | str, *, devices: Sequence | None = None) -> dict:
-    """Lower and compile ``run``'s train step for ``topology``; return the per-chip memory report.
-
-    ``run`` is a `trainer.RunConfig` (no data path needed) of a language model or of a puzzle reasoner.
-    Raises `AOTError` for bad input; a step that does not fit in HBM returns ``fits: False`` with the
-    compiler's message.
-    """
-    from attractor_jax.models import is_reasoner, param_counts
+def _check(run, topo: Topology) -> dict[str, int]:
+    """The mesh sizes for ``run`` on ``topo``; `AOTError` for a mesh or batch that does not fit the chips."""
+    from attractor_jax.models import is_reasoner
     from attractor_jax.train import sharding as shd
 
-    topo = parse_topology(topology) if isinstance(topology, str) else topology
     t = run.train
-    reasoner = is_reasoner(run.model)
     try:
-        sizes = shd.parse_mesh(t.mesh, topo.devices_total)
+        shd.parse_mesh(t.mesh, topo.devices_total)
     except ValueError as exc:
         raise AOTError(
             f"mesh {t.mesh!r} does not fit TPU topology {topo.name} ({topo.devices_total} chips): {exc}"
         ) from None
-    if reasoner and t.grad_accum != 1:
+    if is_reasoner(run.model) and t.grad_accum != 1:
         raise AOTError(
             f"train.grad_accum={t.grad_accum}: puzzle reasoners train with grad_accum 1 (the ACT carry "
             "belongs to the rows of one global batch)"
         )
-    n_batch = sizes["data"] * sizes["fsdp"]
-    micro = t.batch_size // t.grad_accum
-    if micro % n_batch:
-        raise AOTError(
-            f"train.batch_size={t.batch_size} (per micro-batch {micro}) is not divisible by the "
-            f"{n_batch} data-parallel chips (data × fsdp) of mesh {t.mesh!r}"
-        )
-    if devices is None:
-        devices = topology_devices(topo)
+    try:
+        return shd.check_batch(t.batch_size, t.grad_accum, t.mesh, topo.devices_total)
+    except ValueError as exc:
+        raise AOTError(str(exc).replace("devices (data × fsdp)", "chips (data × fsdp)")) from None
 
-    t0 = time.perf_counter()
-    lower = _lower_reasoner if reasoner else _lower_lm
-    lowered, model_config, abstract_state, state_shardings, seq_len = lower(run, devices, t)
-    t1 = time.perf_counter()
-    parts = [p for p in _STATE_PARTS if getattr(abstract_state, p, None) is not None]
 
-    report: dict[str, Any] = {
-        "preset": run.model.name,
-        "kind": "reasoner" if reasoner else "lm",
-        "topology": topo.name,
-        "accelerator_type": topo.accelerator_type,
-        "num_slices": topo.num_slices,
-        "chips": topo.devices_total,
-        "hosts": topo.hosts,
-        "device_kind": devices[0].device_kind,
-        "mesh": sizes,
-        "batch_size": t.batch_size,
-        "seq_len": seq_len,
-        "grad_accum": t.grad_accum,
-        "tokens_per_step": t.batch_size * seq_len,
-        "dtype": model_config.dtype,
+def _header(run, task, topo: Topology, sizes: dict, devices, seconds: float) -> dict[str, Any]:
+    """The report's description of the step: preset, topology, mesh, batch and the state per chip."""
+    from attractor_jax.models import param_counts
+
+    t, state, shardings = run.train, task.abstract_state, task.state_shardings
+    seq_len = task.batch_layout["inputs"][0][1]
+    parts = [p for p in _STATE_PARTS if getattr(state, p, None) is not None]
+    return {
+        "preset": run.model.name, "kind": "reasoner" if task.kind == "puzzle" else "lm",
+        "topology": topo.name, "accelerator_type": topo.accelerator_type, "num_slices": topo.num_slices,
+        "chips": topo.devices_total, "hosts": topo.hosts, "device_kind": devices[0].device_kind,
+        "mesh": sizes, "batch_size": t.batch_size, "seq_len": seq_len, "grad_accum": t.grad_accum,
+        "tokens_per_step": t.batch_size * seq_len, "dtype": task.model_config.dtype,
         "optimizer": getattr(run.optim, "optimizer", "adamw+signsgd (TRM)"),
-        "params": param_counts(model_config)["total"],
-        "hbm_per_chip": topo.hbm_bytes,
-        "state_per_chip": {
-            p: _shard_bytes(getattr(abstract_state, p), getattr(state_shardings, p)) for p in parts
-        },
-        "state_total": {p: _shard_bytes(getattr(abstract_state, p), None) for p in parts},
-        "lower_seconds": round(t1 - t0, 2),
+        "params": param_counts(task.model_config)["total"], "hbm_per_chip": topo.hbm_bytes,
+        "state_per_chip": {p: _shard_bytes(getattr(state, p), getattr(shardings, p)) for p in parts},
+        "state_total": {p: _shard_bytes(getattr(state, p), None) for p in parts},
+        "lower_seconds": round(seconds, 2),
     }
+
+
+def _replication_notes(report: dict, sizes: dict) -> list[str]:
     notes = []
     if sizes["fsdp"] * sizes["tensor"] > 1:
         for part in ("params", "opt_state"):
@@ -426,21 +345,10 @@ def compile_train_step(run, topology: Topology | str, *, devices: Sequence | Non
                     f"{part} is {100 * per / total:.0f}% replicated per chip despite fsdp×tensor="
                     f"{sizes['fsdp'] * sizes['tensor']} ({_gib(per)} of {_gib(total)})"
                 )
-    report["notes"] = notes
-    try:
-        compiled = lowered.compile()
-    except Exception as exc:  # noqa: BLE001 - out of HBM is an answer, anything else is re-raised
-        msg = str(exc)
-        if "RESOURCE_EXHAUSTED" not in msg and "Ran out of memory" not in msg:
-            raise
-        report.update(
-            fits=False,
-            compile_seconds=round(time.perf_counter() - t1, 2),
-            error=msg.strip().splitlines()[0][:500],
-            memory_per_chip=_oom_numbers(msg),
-        )
-        return report
-    t2 = time.perf_counter()
+    return notes
+
+
+def _memory(compiled) -> dict[str, Any]:
     m = compiled.memory_analysis()
     mem = {
         "arguments": int(m.argument_size_in_bytes),
@@ -449,23 +357,50 @@ def compile_train_step(run, topology: Topology | str, *, devices: Sequence | Non
         "temps": int(m.temp_size_in_bytes),
         "generated_code": int(m.generated_code_size_in_bytes),
     }
-    try:
-        collectives = _count_collectives(compiled.as_text())
-    except Exception:  # noqa: BLE001 - the op counts are informative only
-        collectives = None
     summed = mem["arguments"] + mem["outputs"] - mem["aliased"] + mem["temps"] + mem["generated_code"]
     peak = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
     mem["peak"] = peak or None
     # The compiler's live-range peak when it reports one (buffers are reused, so it can be below the sum).
     mem["total"] = peak or summed
-    report.update(
-        fits=mem["total"] <= topo.hbm_bytes,
-        compile_seconds=round(t2 - t1, 2),
-        memory_per_chip=mem,
-        headroom=topo.hbm_bytes - mem["total"],
-        collectives=collectives,
-        error=None,
-    )
+    return mem
+
+
+def compile_train_step(run, topology: Topology | str, *, devices: Sequence | None = None) -> dict:
+    """Lower and compile ``run``'s train step for ``topology``; return the per-chip memory report.
+
+    ``run`` is a `trainer.RunConfig` (no data path needed) of a language model or of a puzzle reasoner; the
+    step is the one the trainer runs (`Task.jit_train_step`). Raises `AOTError` for bad input; a step that does
+    not fit in HBM returns ``fits: False`` with the compiler's message.
+    """
+    from attractor_jax.train.tasks import make_task
+
+    topo = parse_topology(topology) if isinstance(topology, str) else topology
+    sizes = _check(run, topo)
+    if devices is None:
+        devices = topology_devices(topo)
+    t0 = time.perf_counter()
+    task = make_task(run, devices=devices, validate=False)
+    lowered = task.lower_train_step()
+    t1 = time.perf_counter()
+    report = _header(run, task, topo, sizes, devices, t1 - t0)
+    report["notes"] = _replication_notes(report, sizes)
+    try:
+        compiled = lowered.compile()
+    except Exception as exc:  # noqa: BLE001 - out of HBM is an answer, anything else is re-raised
+        msg = str(exc)
+        if "RESOURCE_EXHAUSTED" not in msg and "Ran out of memory" not in msg:
+            raise
+        report.update(fits=False, compile_seconds=round(time.perf_counter() - t1, 2),
+                      error=msg.strip().splitlines()[0][:500], memory_per_chip=_oom_numbers(msg))
+        return report
+    t2 = time.perf_counter()
+    mem = _memory(compiled)
+    try:
+        collectives = _count_collectives(compiled.as_text())
+    except Exception:  # noqa: BLE001 - the op counts are informative only
+        collectives = None
+    report.update(fits=mem["total"] <= topo.hbm_bytes, compile_seconds=round(t2 - t1, 2), memory_per_chip=mem,
+                  headroom=topo.hbm_bytes - mem["total"], collectives=collectives, error=None)
     return report
 
 

@@ -598,9 +598,16 @@ def make_optimizer(
         return labels
 
     inner = optax.multi_transform(transforms, checked_labels)
-    schedule = make_schedule(config, total)
     base_lr = {k: float(s["lr"]) for k, s in settings.items()}
-    clip = config.grad_clip
+    return scheduled(inner, make_schedule(config, total), base_lr, config.grad_clip, config.skip_nonfinite)
+
+
+def scheduled(inner: optax.GradientTransformation, schedule: optax.Schedule, base_lr: dict[str, float],
+              clip: float | None, skip_nonfinite: bool) -> optax.GradientTransformation:
+    """The wrapper every recipe shares: global-norm clipping → ``inner`` (the grouped optimisers, at their base
+    learning rates) → the schedule's multiplier; a non-finite gradient skips the whole update (params and
+    ``inner`` state unchanged, ``skipped`` incremented). The state is an `OptimState` that records the
+    gradient norm and each group's learning rate (``base_lr`` × multiplier). ``update`` needs ``params``."""
 
     def lrs(mult):
         return {k: jnp.asarray(v * mult, jnp.float32) for k, v in base_lr.items()}
@@ -626,7 +633,7 @@ def make_optimizer(
 
         updates, inner_state = inner.update(grads, state.inner, params)
         updates = jax.tree.map(lambda x: (x * mult).astype(x.dtype), updates)
-        if config.skip_nonfinite:
+        if skip_nonfinite:
             # A select rather than lax.cond: no control flow in the step (SPMD- and donation-friendly); the
             # discarded computation on a non-finite gradient is rare and fuses with the update anyway.
             updates = jax.tree.map(lambda x: jnp.where(finite, x, jnp.zeros_like(x)), updates)
@@ -687,5 +694,6 @@ __all__ = [
     "param_labels",
     "scale_by_normuon",
     "scale_by_width",
+    "scheduled",
     "skipped_steps",
 ]

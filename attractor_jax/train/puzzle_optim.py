@@ -32,10 +32,9 @@ import optax
 from flax import nnx
 
 from attractor_jax.models.reasoner_losses import act_loss, puzzle_accuracy, solver_metrics
-from attractor_jax.train.optim import OptimState, optimizer_metrics
+from attractor_jax.train.optim import optimizer_metrics, scheduled
 
 PUZZLE_EMB = "puzzle_emb"
-GROUPS = ("adamw", PUZZLE_EMB)
 
 
 def _names(path) -> tuple[str, ...]:
@@ -160,13 +159,6 @@ def trm_schedule(warmup_steps: int, total_steps: int, min_lr_ratio: float = 1.0)
     return schedule
 
 
-def _global_norm(tree) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return jnp.zeros((), jnp.float32)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
-
-
 def make_puzzle_optimizer(config: PuzzleOptimConfig, *, total_steps: int) -> optax.GradientTransformation:
     """AdamW on dense parameters + sparse SignSGD on ``puzzle_emb`` with TRM's schedule (module docstring).
 
@@ -185,35 +177,7 @@ def make_puzzle_optimizer(config: PuzzleOptimConfig, *, total_steps: int) -> opt
     )
     schedule = trm_schedule(config.warmup_steps, total_steps, config.min_lr_ratio)
     base = {"adamw": float(config.lr), PUZZLE_EMB: float(config.puzzle_emb_lr)}
-
-    def lrs(mult):
-        return {k: jnp.asarray(v * mult, jnp.float32) for k, v in base.items()}
-
-    def init(params):
-        return OptimState(count=jnp.zeros([], jnp.int32), skipped=jnp.zeros([], jnp.int32),
-                          grad_norm=jnp.zeros([], jnp.float32), lr=lrs(schedule(0)), inner=inner.init(params))
-
-    def update(grads, state, params=None):
-        if params is None:
-            raise ValueError("the puzzle optimiser needs params: update(grads, state, params)")
-        norm = _global_norm(grads)
-        finite = jnp.isfinite(norm)
-        if config.grad_clip is not None:
-            factor = jnp.minimum(1.0, config.grad_clip / norm)
-            grads = jax.tree.map(lambda g: (g * factor).astype(g.dtype), grads)
-        mult = schedule(state.count)
-        updates, inner_state = inner.update(grads, state.inner, params)
-        updates = jax.tree.map(lambda u: (u * mult).astype(u.dtype), updates)
-        applied = finite if config.skip_nonfinite else jnp.asarray(True)
-        if config.skip_nonfinite:
-            updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), updates)
-            inner_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), inner_state, state.inner)
-        new_lr = {k: jnp.where(applied, v, state.lr[k]) for k, v in lrs(mult).items()}
-        return updates, OptimState(count=state.count + applied.astype(jnp.int32),
-                                   skipped=state.skipped + (~finite).astype(jnp.int32), grad_norm=norm,
-                                   lr=new_lr, inner=inner_state)
-
-    return optax.GradientTransformation(init, update)
+    return scheduled(inner, schedule, base, config.grad_clip, config.skip_nonfinite)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -252,6 +216,11 @@ class PuzzleTrainState:
     carry: Any
     step: jax.Array
     rng: jax.Array
+
+    @property
+    def eval_params(self) -> Any:
+        """The weights evaluation uses: the EMA when kept, else the live parameters."""
+        return self.ema if self.ema is not None else self.params
 
 
 def init_train_state(model: nnx.Module, optimizer: optax.GradientTransformation, batch: dict, *,
@@ -384,7 +353,6 @@ def summarize_eval(rows: list[dict], solves_per_row: int = 1) -> dict:
 
 
 __all__ = [
-    "GROUPS",
     "PuzzleOptimConfig",
     "PuzzleTrainState",
     "ema_init",

@@ -70,6 +70,18 @@ def parse_mesh(spec: str | None, n_devices: int) -> dict[str, int]:
     return {axis: sizes[axis] for axis in MESH_AXES}
 
 
+def check_batch(batch_size: int, grad_accum: int, spec: str | None, n_devices: int) -> dict[str, int]:
+    """The mesh sizes of ``spec`` over ``n_devices``; ValueError unless every micro-batch
+    (``batch_size / grad_accum`` rows) splits evenly over the data-parallel devices (data × fsdp)."""
+    sizes = parse_mesh(spec, n_devices)
+    n_data, micro = sizes["data"] * sizes["fsdp"], batch_size // grad_accum
+    if micro % n_data:
+        per = f" (per micro-batch {micro})" if grad_accum > 1 else ""
+        raise ValueError(f"train.batch_size={batch_size}{per} is not divisible by the {n_data} data-parallel "
+                         f"devices (data × fsdp) of mesh {spec!r}")
+    return sizes
+
+
 def make_mesh(spec: str | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     sizes = parse_mesh(spec, len(devices))

@@ -341,14 +341,8 @@ def test_trainer_trains_and_resumes_from_a_seqio_task(seqio_mod, corpus, tmp_pat
 
     from attractor_jax.models import get_config
     from attractor_jax.train.optim import OptimConfig
-    from attractor_jax.train.trainer import (
-        DataConfig,
-        RunConfig,
-        TrainConfig,
-        _data_pipelines,
-        train,
-        validate_run,
-    )
+    from attractor_jax.train.tasks.lm import data_pipelines, validate_run
+    from attractor_jax.train.trainer import DataConfig, RunConfig, TrainConfig, train
 
     # A user's module registers the task; ATTRACTOR_JAX_SEQIO_MODULES names it.
     mod = tmp_path / "mods"
@@ -391,7 +385,7 @@ def test_trainer_trains_and_resumes_from_a_seqio_task(seqio_mod, corpus, tmp_pat
     # The trainer consumed exactly the bridge's stream: the iterator state checkpointed at steps 2 and 4 is
     # the state of one uninterrupted iterator after 2 and 4 batches, and the batches after the step-2 state
     # are those the uninterrupted iterator yields as its 3rd and 4th.
-    it, val = _data_pipelines(run, 0, 1)
+    it, val = data_pipelines(run, 0, 1)
     assert len(val()) == 1 and val()[0]["inputs"].shape == (2, 16)
     saved = {
         s: json.loads((wd / "checkpoints" / str(s) / "data" / "process_0-of-1.json").read_text())
@@ -401,7 +395,7 @@ def test_trainer_trains_and_resumes_from_a_seqio_task(seqio_mod, corpus, tmp_pat
     assert saved[2] == json.loads(json.dumps(it.get_state())) and saved[2]["batches"] == 2
     uninterrupted += _take(it, 2)
     assert saved[4] == json.loads(json.dumps(it.get_state()))
-    resumed, _ = _data_pipelines(run, 0, 1)
+    resumed, _ = data_pipelines(run, 0, 1)
     resumed.set_state(saved[2])
     _same(_take(resumed, 2), uninterrupted[2:])
 
@@ -410,8 +404,8 @@ def test_trainer_trains_and_resumes_from_a_seqio_task(seqio_mod, corpus, tmp_pat
     spec_run = dataclasses.replace(
         run, data=DataConfig(path=f"seqio:attractor_jax.text:{corpus}", val_fraction=0.1)
     )
-    validate_run(spec_run, tmp_path / "spec")
-    spec_it, spec_val = _data_pipelines(spec_run, 0, 1)
+    validate_run(spec_run)
+    spec_it, spec_val = data_pipelines(spec_run, 0, 1)
     assert next(spec_it)["inputs"].shape == (2, 16) and len(spec_val()) == 1
     small = dataclasses.replace(
         spec_run, model=get_config("gpt-tiny", d_model=32, n_heads=2, mlp_dim=64, n_layers=1, vocab_size=100)

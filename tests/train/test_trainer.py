@@ -13,7 +13,6 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from attractor_jax.cli import main as cli_main
 from attractor_jax.models import get_config
