@@ -21,7 +21,7 @@ from attractor_jax.train.config import RunConfig
 from attractor_jax.train.metrics import backward_vjps, flops_per_token, peak_flops
 from attractor_jax.train.optim import make_optimizer, optimizer_metrics
 from attractor_jax.train.rundir import memory_hint
-from attractor_jax.train.tasks import Task
+from attractor_jax.train.tasks.base import Task
 
 
 @jax.tree_util.register_dataclass

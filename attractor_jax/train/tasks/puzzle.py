@@ -49,7 +49,7 @@ from attractor_jax.train.puzzle_optim import (
     summarize_eval,
 )
 from attractor_jax.train.rundir import write_json_atomic
-from attractor_jax.train.tasks import Task
+from attractor_jax.train.tasks.base import Task
 
 __all__ = ["PuzzleTask", "dataset_model_config", "format_eval", "is_arc_dataset", "validate_puzzle_run"]
 
