@@ -64,14 +64,14 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import grain
 import numpy as np
 
-from attractor_jax.data.text import (
-    PathSpec,
-    _check_int,
-    _iter_file_documents,
-    _resolve_process,
+from attractor_jax.data.common import (
+    check_int,
     check_state_fingerprint,
-    resolve_text_files,
+    lm_batch,
+    local_batch_size,
+    resolve_process,
 )
+from attractor_jax.data.text import PathSpec, keyed_documents, resolve_text_files
 
 __all__ = [
     "ENV_MODULES",
@@ -283,15 +283,6 @@ def _source_class():
     return FunctionSource
 
 
-def _text_keyed_documents(
-    files: list[pathlib.Path], text_field: str, doc_separator
-) -> Iterator[tuple[int, str]]:
-    """(key, document) in file order, with the keys grain's streaming mode uses for its validation split."""
-    for fi, f in enumerate(files):
-        for i, text in enumerate(_iter_file_documents(f, text_field, doc_separator)):
-            yield i + fi, text
-
-
 def register_text_task(
     name: str,
     path: PathSpec,
@@ -321,11 +312,11 @@ def register_text_task(
 
     def documents(split: str) -> Iterator[str]:
         if split == "validation" and val_files is not None:
-            for _, text in _text_keyed_documents(val_files, text_field, doc_separator):
+            for _, text in keyed_documents(val_files, text_field, doc_separator):
                 yield text
             return
         want_val = split == "validation"
-        for key, text in _text_keyed_documents(files, text_field, doc_separator):
+        for key, text in keyed_documents(files, text_field, doc_separator):
             if val_every is None or (key % val_every == val_every - 1) == want_val:
                 yield text
 
@@ -698,8 +689,7 @@ class SeqioIterator(grain.DatasetIterator):
             filled += take
             self._pos += take
         self._sync_position()
-        rows = out.reshape(self._b, self._row)
-        return {"inputs": np.ascontiguousarray(rows[:, :-1]), "targets": np.ascontiguousarray(rows[:, 1:])}
+        return lm_batch(out.reshape(self._b, self._row))
 
     # -- puzzles ---------------------------------------------------------------------------------------
     def _next_puzzle(self) -> dict[str, np.ndarray]:
@@ -799,11 +789,10 @@ def _open_provider(name, split, batch_size, seed, process_index, process_count):
     """Checked arguments of a seqio pipeline: ``(tf, provider, batch_size, seed, process_index,
     process_count)``; the global batch must split evenly over the processes and the split must exist."""
     _, tf = import_seqio()
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
-    pidx, pcount = _resolve_process(process_index, process_count)
-    if batch_size % pcount:
-        raise ValueError(f"batch_size={batch_size} is invalid: expected a multiple of process_count={pcount}")
+    batch_size = check_int("batch_size", batch_size, 1)
+    seed = check_int("seed", seed, 0)
+    pidx, pcount = resolve_process(process_index, process_count)
+    local_batch_size(batch_size, pcount)
     provider = get_provider(name)
     if split not in provider.splits:
         raise ValueError(f"seqio provider '{name}' has no split '{split}' (splits: {list(provider.splits)})")
@@ -827,7 +816,7 @@ def make_seqio_pipeline(
     Task or Mixture `name` (its `feature` token sequences). shuffle: default True for "train". num_epochs:
     default None (repeat forever) for "train", else 1 (a final partial batch is dropped). batch_size is
     global; process p of P reads `seqio.ShardInfo(p, P)`."""
-    seq_len = _check_int("seq_len", seq_len, 1)
+    seq_len = check_int("seq_len", seq_len, 1)
     tf, provider, batch_size, seed, pidx, pcount = _open_provider(name, split, batch_size, seed, process_index,
                                                                   process_count)
     feat = _check_feature(provider, feature, 1)
@@ -836,7 +825,7 @@ def make_seqio_pipeline(
     if num_epochs is None and split != "train":
         num_epochs = 1
     if num_epochs is not None:
-        num_epochs = _check_int("num_epochs", num_epochs, 1)
+        num_epochs = check_int("num_epochs", num_epochs, 1)
     base = _dataset_factory(
         provider,
         split=split,
@@ -955,8 +944,8 @@ def make_seqio_puzzle_pipeline(
 def check_seqio_data(data: Any, *, seq_len: int, batch_size: int) -> int:
     """Validate a `seqio:` data config (the trainer's DataConfig) before anything is written; returns the
     vocabulary size of the `targets` feature. Registers `seqio:attractor_jax.text:PATH` tasks."""
-    _check_int("seq_len", seq_len, 1)
-    _check_int("batch_size", batch_size, 1)
+    check_int("seq_len", seq_len, 1)
+    check_int("batch_size", batch_size, 1)
     name = resolve_seqio_spec(
         data.path,
         tokenizer=data.tokenizer,

@@ -28,9 +28,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from attractor_jax.data.common import check_int
 from attractor_jax.data.puzzles.common import (
     SplitArrays,
-    check_nonneg,
     check_output_free,
     dihedral_transform,
     inverse_dihedral_transform,
@@ -245,9 +245,9 @@ def build_arc_dataset(
     subsample_size: at most this many tasks per subset (seeded; for small runs). Memory: the arrays are built
     in memory, 1.8 kB per example (TRM's ARC-AGI-1 + ConceptARC with num_aug=1000 is about 6.5 GB).
     """
-    num_aug = check_nonneg("num_aug", num_aug, 0)
-    subsample_size = check_nonneg("subsample_size", subsample_size, 1, allow_none=True)
-    seed = check_nonneg("seed", seed, 0)
+    num_aug = check_int("num_aug", num_aug, 0)
+    subsample_size = check_int("subsample_size", subsample_size, 1, allow_none=True)
+    seed = check_int("seed", seed, 0)
     check_output_free(output, overwrite)
     data = load_arc_tasks(source)
     if subsets is not None:

@@ -433,14 +433,6 @@ def check_output_free(output: str | os.PathLike, overwrite: bool) -> None:
         raise FileNotFoundError(f"output folder '{out.parent}' does not exist")
 
 
-def check_nonneg(name: str, value: Any, minimum: int = 0, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r} is invalid: expected an integer >= {minimum}")
-    return int(value)
-
-
 def rating_summary(values: Sequence[int]) -> dict[str, Any]:
     """min/median/mean/max and counts in the difficulty buckets 0, 1-2, 3-10, 11-50, 51+ (for reports)."""
     v = np.asarray(values, dtype=np.int64)

@@ -36,10 +36,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from attractor_jax.data.common import check_int
 from attractor_jax.data.puzzles.common import (
     PuzzleRow,
     Validation,
-    check_nonneg,
     check_output_free,
     csv_builder_record,
     dihedral_transform,
@@ -263,11 +263,11 @@ def generate_maze(
     keys (`maze_layout_key`) that must not be reused (module docstring). workers > 1 starts that many spawned
     processes (from a script, call this under `if __name__ == "__main__":`). `progress` shows a progress bar
     on stdout."""
-    count = check_nonneg("count", count, 1)
-    size = check_nonneg("size", size, 2)
-    min_path = check_nonneg("min_path", min_path, 0)
-    seed = check_nonneg("seed", seed, 0)
-    workers = check_nonneg("workers", workers, 1)
+    count = check_int("count", count, 1)
+    size = check_int("size", size, 2)
+    min_path = check_int("min_path", min_path, 0)
+    seed = check_int("seed", seed, 0)
+    workers = check_int("workers", workers, 1)
     lo, hi = (float(x) for x in wall_fraction)
     if not 0.0 <= lo <= hi < 1.0:
         raise ValueError(f"wall_fraction={wall_fraction!r} is invalid: expected 0 <= low <= high < 1")
@@ -394,9 +394,9 @@ def build_maze_dataset(
     such as `sapientinc/maze-30x30-hard-1k`). Train: optionally subsampled, each maze a group of its 8
     dihedral images (inputs and labels transformed together; aug=False keeps only the original). Test: as is
     (optionally subsampled)."""
-    subsample_size = check_nonneg("subsample_size", subsample_size, 1, allow_none=True)
-    test_subsample_size = check_nonneg("test_subsample_size", test_subsample_size, 1, allow_none=True)
-    seed = check_nonneg("seed", seed, 0)
+    subsample_size = check_int("subsample_size", subsample_size, 1, allow_none=True)
+    test_subsample_size = check_int("test_subsample_size", test_subsample_size, 1, allow_none=True)
+    seed = check_int("seed", seed, 0)
     check_output_free(output, overwrite)
     paths = {"train": resolve_csv(source, train_csv), "test": resolve_csv(source, test_csv)}
     rng = np.random.default_rng(seed)

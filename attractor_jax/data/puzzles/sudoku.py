@@ -53,10 +53,10 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from attractor_jax.data.common import check_int
 from attractor_jax.data.puzzles.common import (
     PuzzleRow,
     Validation,
-    check_nonneg,
     check_output_free,
     csv_builder_record,
     grouped_single_examples,
@@ -496,15 +496,15 @@ def generate_sudoku(
     which a ValueError names the count reached, the blanks and the rating asked for. The default (1000)
     gives up after about 35 CPU-seconds per puzzle for minimal puzzles, about 5-7 s with blanks=30;
     min_rating=10 needs about 14 grids per minimal puzzle on average."""
-    count = check_nonneg("count", count, 1)
+    count = check_int("count", count, 1)
     if blanks is not None and (isinstance(blanks, bool) or not isinstance(blanks, int)
                                or not 1 <= blanks <= 64):
         raise ValueError(f"blanks={blanks!r} is invalid: expected an int in [1, 64] (a sudoku with a unique "
                          "solution has at least 17 givens)")
-    min_rating = check_nonneg("min_rating", min_rating, 0)
-    seed = check_nonneg("seed", seed, 0)
-    workers = check_nonneg("workers", workers, 1)
-    max_attempts = check_nonneg("max_attempts", max_attempts, 1)
+    min_rating = check_int("min_rating", min_rating, 0)
+    seed = check_int("seed", seed, 0)
+    workers = check_int("workers", workers, 1)
+    max_attempts = check_int("max_attempts", max_attempts, 1)
     if blanks is not None and blanks <= MAX_BLANKS_RATED_ZERO and min_rating > 0:
         raise ValueError(
             f"min_rating={min_rating} is unreachable with blanks={blanks}: a sudoku with one solution and at "
@@ -792,10 +792,10 @@ def build_sudoku_dataset(
     no repeated question unless `dedupe`, which drops later repeats and records their number per split in
     builder.json as `dropped_duplicates`); any failure is one ValueError and nothing is written.
     """
-    subsample_size = check_nonneg("subsample_size", subsample_size, 1, allow_none=True)
-    test_subsample_size = check_nonneg("test_subsample_size", test_subsample_size, 1, allow_none=True)
-    num_aug = check_nonneg("num_aug", num_aug, 0)
-    seed = check_nonneg("seed", seed, 0)
+    subsample_size = check_int("subsample_size", subsample_size, 1, allow_none=True)
+    test_subsample_size = check_int("test_subsample_size", test_subsample_size, 1, allow_none=True)
+    num_aug = check_int("num_aug", num_aug, 0)
+    seed = check_int("seed", seed, 0)
     check_output_free(output, overwrite)
     paths = {"train": resolve_csv(source, train_csv), "test": resolve_csv(source, test_csv)}
     rng = np.random.default_rng(seed)
