@@ -24,23 +24,31 @@ import csv
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import pathlib
 import re
 import shutil
 import tempfile
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
+
+from attractor_jax.data.common import check_int
+from attractor_jax.data.puzzles.progress import Progress
 
 __all__ = [
     "CSV_HEADER",
     "DIHEDRAL_INVERSE",
+    "CsvGrids",
+    "Draw",
     "IGNORE_LABEL_ID",
     "PuzzleDatasetMetadata",
     "PuzzleRow",
     "Validation",
+    "build_csv_dataset",
     "dihedral_transform",
+    "draw_unique_rows",
     "inverse_dihedral_transform",
     "load_puzzle_metadata",
     "rating_summary",
@@ -211,6 +219,76 @@ def write_puzzle_csv(path: str | os.PathLike, rows: Iterable[PuzzleRow | Sequenc
                 w.writerow(dataclasses.astuple(r) if isinstance(r, PuzzleRow) else tuple(r))
                 n += 1
     return n
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generators: rows with unique keys, drawn in worker processes
+# ----------------------------------------------------------------------------------------------------
+
+
+class Draw(NamedTuple):
+    """One draw of a generator: the CSV fields of a row and its `key`, which no other row may share.
+    question None: the draw gave up (its `rating` is then what the give-up message reports)."""
+
+    question: str | None
+    answer: str | None
+    rating: int
+    key: str | None
+
+
+def draw_unique_rows(
+    draw: Callable[[tuple], Draw],
+    params: tuple,
+    count: int,
+    *,
+    seed: int,
+    source: str,
+    exclude: Iterable[str],
+    what: str,
+    workers: int,
+    progress: bool,
+    chunksize: int = 1,
+    max_redraws: int | None = None,
+    gave_up: Callable[[int, int, int, bool], str] | None = None,
+) -> list[PuzzleRow]:
+    """`count` rows (`source` their first field), in index order, whose keys differ and are not in `exclude`.
+
+    Row i is `draw((seed, i, attempt, *params))`: attempt 0, then attempt + 1 while the key is taken, at most
+    `max_redraws` times (None: no limit). `draw` must be a module-level function: workers > 1 runs the draws
+    in that many spawned processes, `chunksize` jobs at a time. A draw that gave up, or one redraw too many,
+    raises ValueError(gave_up(rows so far, i, its rating, whether it was a redraw)), and the workers are then
+    terminated, not waited for (so too on Ctrl-C). `progress` shows a bar of `what` on stdout."""
+    seen = set(exclude)
+    rows: dict[int, PuzzleRow] = {}
+    todo = [(seed, i, 0, *params) for i in range(count)]
+    bar = Progress(count, what, enabled=progress)
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    finished = False
+    try:
+        while todo:
+            results = pool.imap(draw, todo, chunksize=chunksize) if pool else map(draw, todo)
+            redo = []
+            for job, d in zip(todo, results):
+                repeated = d.question is not None and d.key in seen
+                if d.question is None or (repeated and max_redraws is not None and job[2] + 1 > max_redraws):
+                    raise ValueError(gave_up(len(rows), job[1], d.rating, repeated))
+                if repeated:
+                    redo.append((job[0], job[1], job[2] + 1, *job[3:]))
+                    continue
+                seen.add(d.key)
+                rows[job[1]] = PuzzleRow(source, d.question, d.answer, d.rating)
+                bar.update()
+            todo = redo
+        finished = True
+    finally:
+        bar.close()
+        if pool is not None:
+            if finished:
+                pool.close()
+            else:
+                pool.terminate()  # a failure (or Ctrl-C): do not wait for the other workers' draws
+            pool.join()
+    return [rows[i] for i in range(count)]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -451,20 +529,81 @@ def rating_summary(values: Sequence[int]) -> dict[str, Any]:
 
 
 def subsample_rows(rng: np.random.Generator, k: int | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``k`` rows (seeded, kept in their original order) of equally long arrays; all rows when ``k`` is None or
-    not smaller than their length."""
+    """``k`` rows (seeded, kept in their original order) of equally long arrays; all rows when ``k`` is None
+    or not smaller than their length."""
     if k is None or k >= len(arrays[0]):
         return arrays
     pick = np.sort(rng.choice(len(arrays[0]), k, replace=False))
     return tuple(a[pick] for a in arrays)
 
 
-def csv_builder_record(kind: str, source: str | os.PathLike, paths: dict[str, pathlib.Path],
-                       flags: dict[str, Any]) -> dict[str, Any]:
-    """The ``builder.json`` record of a CSV-sourced build: source, input files with their sha256, and flags."""
+# ----------------------------------------------------------------------------------------------------
+# The build shared by the CSV-sourced kinds (sudoku, maze)
+# ----------------------------------------------------------------------------------------------------
+
+
+class CsvGrids(NamedTuple):
+    """One split of a CSV dataset, loaded and checked: question and answer grids [N, ...] of raw values, and
+    `notes` for builder.json (field -> this split's value, recorded as `field: {split: value}`)."""
+
+    questions: np.ndarray
+    answers: np.ndarray
+    notes: dict[str, Any] | None = None
+
+
+def csv_flags(train_csv: str, test_csv: str, subsample_size: int | None, test_subsample_size: int | None
+              ) -> dict[str, Any]:
+    """The flags every CSV build shares, checked, in the order builder.json records them (first)."""
     return {
+        "train_csv": train_csv,
+        "test_csv": test_csv,
+        "subsample_size": check_int("subsample_size", subsample_size, 1, allow_none=True),
+        "test_subsample_size": check_int("test_subsample_size", test_subsample_size, 1, allow_none=True),
+    }
+
+
+def build_csv_dataset(
+    kind: str,
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    flags: dict[str, Any],
+    *,
+    load: Callable[[dict[str, pathlib.Path]], dict[str, CsvGrids]],
+    expand: Callable[[str, np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]],
+    vocab_size: int,
+    overwrite: bool,
+) -> pathlib.Path:
+    """Build a dataset of one puzzle per example from the `train` and `test` CSVs of `source`.
+
+    flags: the build's checked flags, in the order builder.json records them: `csv_flags` (`train_csv` /
+    `test_csv`: file names in `source`, see `resolve_csv`; `subsample_size` / `test_subsample_size`: puzzles
+    kept per split, None for all), then the kind's own, among them `seed`.
+    load: {split: CSV path} -> {split: CsvGrids}, every row checked (one error, nothing written).
+    expand: (split, questions, answers, rng) -> (inputs, labels) uint8 tokens [N, k, L]: each puzzle's group
+      of k examples (the original and its augmentations).
+
+    Fails before any work when `output` is taken; one generator seeded with `seed` subsamples and expands
+    the splits in turn (train, then test); the layout is written atomically (`write_dataset`), builder.json
+    recording `kind`, `source`, the CSVs with their sha256, `flags` and the splits' notes."""
+    check_output_free(output, overwrite)
+    paths = {"train": resolve_csv(source, flags["train_csv"]), "test": resolve_csv(source, flags["test_csv"])}
+    loaded = load(paths)
+    rng = np.random.default_rng(flags["seed"])
+    keep = {"train": flags["subsample_size"], "test": flags["test_subsample_size"]}
+    splits = {}
+    for split, grids in loaded.items():
+        q, a = subsample_rows(rng, keep[split], grids.questions, grids.answers)
+        ins, labs = expand(split, q, a, rng)
+        L = ins.shape[-1]
+        splits[split] = grouped_single_examples(ins.reshape(-1, L), labs.reshape(-1, L), ins.shape[1])
+    builder = {
         "builder": kind,
         "source": os.fspath(source),
         "files": {s: {"path": str(p), "sha256": sha256_file(p)} for s, p in paths.items()},
         "flags": flags,
     }
+    for split, grids in loaded.items():
+        for field, value in (grids.notes or {}).items():
+            builder.setdefault(field, {})[split] = value
+    return write_dataset(output, splits, vocab_size=vocab_size, seq_len=splits["train"].inputs.shape[1],
+                         identifiers=["<blank>"], builder=builder, overwrite=overwrite)

@@ -46,7 +46,7 @@ grids (default 1000) before a ValueError that names the count reached, the blank
 
 from __future__ import annotations
 
-import multiprocessing
+import functools
 import os
 import pathlib
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
@@ -55,17 +55,15 @@ import numpy as np
 
 from attractor_jax.data.common import check_int
 from attractor_jax.data.puzzles.common import (
+    CsvGrids,
+    Draw,
     PuzzleRow,
     Validation,
-    check_output_free,
-    csv_builder_record,
-    grouped_single_examples,
+    build_csv_dataset,
+    csv_flags,
+    draw_unique_rows,
     read_puzzle_csv,
-    resolve_csv,
-    subsample_rows,
-    write_dataset,
 )
-from attractor_jax.data.puzzles.progress import Progress
 
 __all__ = [
     "SUDOKU_SEQ_LEN",
@@ -438,13 +436,13 @@ DEFAULT_MAX_ATTEMPTS = 1000
 MAX_BLANKS_RATED_ZERO = 4
 
 
-def _generate_one(args: tuple[int, ...]) -> tuple[str | None, str | None, int, int]:
-    """(question, answer, rating, tries) of puzzle `index`, or (None, None, best rating seen or -1 when no
-    draw reached `blanks`, tries) once `max_attempts` random grids failed."""
+def _generate_one(args: tuple[int, ...]) -> Draw:
+    """Puzzle `index` (`generate_sudoku`), keyed by its question; once `max_attempts` random grids failed, a
+    draw that gave up with the best rating seen (-1 when no draw reached `blanks`)."""
     seed, index, attempt, min_rating, blanks, max_attempts = args
     rng = np.random.default_rng([seed, index, attempt])
     best = -1
-    for tries in range(1, max_attempts + 1):
+    for _ in range(max_attempts):
         sol = _random_solution(rng)
         q = _minimise(sol, sol, rng, blanks)
         if blanks < 81 and 81 - np.count_nonzero(q) < blanks:
@@ -452,12 +450,14 @@ def _generate_one(args: tuple[int, ...]) -> tuple[str | None, str | None, int, i
         r = _rating(q)
         best = max(best, r)
         if r >= min_rating:
-            return sudoku_to_string(q), sudoku_to_string(sol), r, tries
-    return None, None, best, max_attempts
+            question = sudoku_to_string(q)
+            return Draw(question, sudoku_to_string(sol), r, question)
+    return Draw(None, None, best, None)
 
 
-def _gave_up_message(reached: int, count: int, index: int, blanks: int | None, min_rating: int,
-                     max_attempts: int, best: int, excluded: bool) -> str:
+def _gave_up_message(count: int, blanks: int | None, min_rating: int, max_attempts: int,
+                     reached: int, index: int, best: int, excluded: bool) -> str:
+    """Why `generate_sudoku` gave up (`gave_up` of `draw_unique_rows`, the first four arguments bound)."""
     shape = "minimal puzzles" if blanks is None else f"puzzles with {blanks} blanks"
     if excluded:
         why = (f"puzzle {index + 1} repeated an excluded or earlier question {max_attempts} times")
@@ -510,41 +510,12 @@ def generate_sudoku(
             f"min_rating={min_rating} is unreachable with blanks={blanks}: a sudoku with one solution and at "
             f"most {MAX_BLANKS_RATED_ZERO} blanks is solved by singles alone (rating 0); use more blanks or "
             "--min-rating 0")
-    seen = set(exclude)
-    rows: list[tuple[int, PuzzleRow]] = []
-    todo = [(seed, i, 0, min_rating, 81 if blanks is None else blanks, max_attempts) for i in range(count)]
-    bar = Progress(count, "sudokus", enabled=progress)
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
-    finished = False
-    try:
-        while todo:
-            # chunks of one puzzle: a puzzle that gives up is reported at once, not after its chunk
-            results = pool.imap(_generate_one, todo) if pool else map(_generate_one, todo)
-            redo = []
-            for job, (q, a, r, _) in zip(todo, results):
-                if q is None:
-                    raise ValueError(_gave_up_message(len(rows), count, job[1], blanks, min_rating,
-                                                      max_attempts, r, excluded=False))
-                if q in seen:
-                    if job[2] + 1 > max_attempts:
-                        raise ValueError(_gave_up_message(len(rows), count, job[1], blanks, min_rating,
-                                                          max_attempts, r, excluded=True))
-                    redo.append((job[0], job[1], job[2] + 1, *job[3:]))
-                    continue
-                seen.add(q)
-                rows.append((job[1], PuzzleRow(source, q, a, r)))
-                bar.update()
-            todo = redo
-        finished = True
-    finally:
-        bar.close()
-        if pool is not None:
-            if finished:
-                pool.close()
-            else:
-                pool.terminate()  # a failure (or Ctrl-C): do not wait for the other workers' draws
-            pool.join()
-    return [r for _, r in sorted(rows, key=lambda x: x[0])]
+
+    gave_up = functools.partial(_gave_up_message, count, blanks, min_rating, max_attempts)
+    # chunks of one puzzle: a puzzle that gives up is reported at once, not after its chunk
+    return draw_unique_rows(_generate_one, (min_rating, 81 if blanks is None else blanks, max_attempts),
+                            count, seed=seed, source=source, exclude=exclude, what="sudokus", workers=workers,
+                            progress=progress, max_redraws=max_attempts, gave_up=gave_up)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -755,30 +726,45 @@ def check_sudoku_csv(path: str | os.PathLike, *, dedupe: bool = False) -> Sudoku
                              line_numbers=lambda: _csv_line_numbers(path))
 
 
-def _load_sudoku_csv(path: pathlib.Path, min_rating: int | None, dedupe: bool = False
-                     ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Checked questions and answers (raw digits [N, 81]) rated >= min_rating, and the duplicates dropped."""
-    data = check_sudoku_csv(path, dedupe=dedupe)
-    keep = np.ones(len(data.ratings), bool) if min_rating is None else data.ratings >= min_rating
-    if not keep.any():
-        raise ValueError(
-            f"{path}: no puzzles" + (f" rated >= {min_rating}" if min_rating is not None else "")
-        )
-    return data.questions[keep], data.answers[keep], data.dropped_duplicates
+def _load_sudoku_csvs(paths: dict[str, pathlib.Path], min_rating: int | None, dedupe: bool
+                      ) -> dict[str, CsvGrids]:
+    """Each split's checked questions and answers (raw digits [N, 81]) rated >= min_rating, noting the
+    duplicates dropped."""
+    out = {}
+    for split, path in paths.items():
+        data = check_sudoku_csv(path, dedupe=dedupe)
+        keep = np.ones(len(data.ratings), bool) if min_rating is None else data.ratings >= min_rating
+        if not keep.any():
+            raise ValueError(
+                f"{path}: no puzzles" + (f" rated >= {min_rating}" if min_rating is not None else "")
+            )
+        out[split] = CsvGrids(data.questions[keep], data.answers[keep],
+                              {"dropped_duplicates": data.dropped_duplicates})
+    return out
+
+
+def _augmented_groups(num_aug: int) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """`expand` for `build_csv_dataset`: each train puzzle (raw digits) followed by `num_aug` draws of
+    `augment_sudoku`, each test puzzle alone; as tokens (digit + 1)."""
+
+    def expand(split: str, q: np.ndarray, a: np.ndarray, rng: np.random.Generator):
+        k = num_aug if split == "train" else 0
+        ins = np.empty((len(q), 1 + k, 81), np.uint8)
+        labs = np.empty_like(ins)
+        for i in range(len(q)):
+            ins[i, 0], labs[i, 0] = q[i], a[i]
+            for j in range(1, k + 1):
+                qa, aa = augment_sudoku(q[i], a[i], rng)
+                ins[i, j], labs[i, j] = qa.reshape(81), aa.reshape(81)
+        return ins + 1, labs + 1
+
+    return expand
 
 
 def build_sudoku_dataset(
-    source: str | os.PathLike,
-    output: str | os.PathLike,
-    *,
-    train_csv: str = "train.csv",
-    test_csv: str = "test.csv",
-    subsample_size: int | None = None,
-    test_subsample_size: int | None = None,
-    num_aug: int = 0,
-    min_rating: int | None = None,
-    seed: int = 0,
-    overwrite: bool = False,
+    source: str | os.PathLike, output: str | os.PathLike, *, train_csv: str = "train.csv",
+    test_csv: str = "test.csv", subsample_size: int | None = None, test_subsample_size: int | None = None,
+    num_aug: int = 0, min_rating: int | None = None, seed: int = 0, overwrite: bool = False,
     dedupe: bool = False,
 ) -> pathlib.Path:
     """Build the Sudoku-Extreme dataset layout from `source` (a folder holding train_csv/test_csv or a hub
@@ -792,47 +778,16 @@ def build_sudoku_dataset(
     no repeated question unless `dedupe`, which drops later repeats and records their number per split in
     builder.json as `dropped_duplicates`); any failure is one ValueError and nothing is written.
     """
-    subsample_size = check_int("subsample_size", subsample_size, 1, allow_none=True)
-    test_subsample_size = check_int("test_subsample_size", test_subsample_size, 1, allow_none=True)
-    num_aug = check_int("num_aug", num_aug, 0)
-    seed = check_int("seed", seed, 0)
-    check_output_free(output, overwrite)
-    paths = {"train": resolve_csv(source, train_csv), "test": resolve_csv(source, test_csv)}
-    rng = np.random.default_rng(seed)
-    loaded = {split: _load_sudoku_csv(path, min_rating, dedupe) for split, path in paths.items()}
-    splits = {}
-    for split, (q, a, _) in loaded.items():
-        q, a = subsample_rows(rng, subsample_size if split == "train" else test_subsample_size, q, a)
-        k = num_aug if split == "train" else 0
-        ins = np.empty((len(q), 1 + k, 81), np.uint8)
-        labs = np.empty_like(ins)
-        for i in range(len(q)):
-            ins[i, 0], labs[i, 0] = q[i], a[i]
-            for j in range(1, k + 1):
-                qa, aa = augment_sudoku(q[i], a[i], rng)
-                ins[i, j], labs[i, j] = qa.reshape(81), aa.reshape(81)
-        splits[split] = grouped_single_examples(
-            ins.reshape(-1, 81) + 1, labs.reshape(-1, 81) + 1, per_group=1 + k
-        )
-    builder = csv_builder_record("sudoku", source, paths, {
-        "train_csv": train_csv,
-        "test_csv": test_csv,
-        "subsample_size": subsample_size,
-        "test_subsample_size": test_subsample_size,
-        "num_aug": num_aug,
+    flags = {
+        **csv_flags(train_csv, test_csv, subsample_size, test_subsample_size),
+        "num_aug": check_int("num_aug", num_aug, 0),
         "min_rating": min_rating,
-        "seed": seed,
+        "seed": check_int("seed", seed, 0),
         "dedupe": dedupe,
-    })
-    builder["dropped_duplicates"] = {split: dropped for split, (_, _, dropped) in loaded.items()}
-    return write_dataset(
-        output,
-        splits,
-        vocab_size=SUDOKU_VOCAB_SIZE,
-        seq_len=SUDOKU_SEQ_LEN,
-        identifiers=["<blank>"],
-        builder=builder,
-        overwrite=overwrite,
+    }
+    return build_csv_dataset(
+        "sudoku", source, output, flags, load=lambda paths: _load_sudoku_csvs(paths, min_rating, dedupe),
+        expand=_augmented_groups(flags["num_aug"]), vocab_size=SUDOKU_VOCAB_SIZE, overwrite=overwrite,
     )
 
 
