@@ -76,11 +76,13 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "TextCorpusStats",
     "TextIterator",
+    "check_val_options",
     "iter_file_documents",
     "keyed_documents",
     "make_text_pipeline",
     "resolve_text_files",
     "text_corpus_stats",
+    "validation_period",
 ]
 
 SUPPORTED_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".parquet")
@@ -617,7 +619,7 @@ def _raw_documents(a: _TextArgs) -> Callable[[int], Iterator[tuple[int, str]]]:
 def _make_doc_stream(a: _TextArgs, shuffle_buffer: int) -> Callable[[int], Iterator[str]]:
     """This process's documents of an epoch: the validation filter on stable document keys, then round-robin
     host sharding, then a shuffle buffer."""
-    val_every = max(2, int(round(1.0 / a.val_fraction))) if a.val_fraction > 0 else None
+    val_every = validation_period(a.val_fraction)
     raw = _raw_documents(a)
 
     def stream(epoch: int) -> Iterator[str]:
@@ -679,15 +681,26 @@ def _is_hf(path: PathSpec) -> bool:
     return isinstance(path, (str, os.PathLike)) and os.fspath(path).startswith(HF_PREFIX)
 
 
+def check_val_options(val_fraction: float, val_path: PathSpec | None) -> None:
+    """ValueError unless `val_fraction` is a number in [0, 1), given only without a `val_path`."""
+    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
+        raise ValueError(f"val_fraction={val_fraction!r} is invalid: expected a number in [0, 1)")
+    if val_path is not None and val_fraction > 0:
+        raise ValueError("give either val_fraction or val_path, not both")
+
+
+def validation_period(val_fraction: float) -> int | None:
+    """p = round(1/val_fraction) (at least 2): the streaming validation split holds the documents whose key k
+    (`keyed_documents`) has k mod p == p - 1. None when val_fraction is 0 (no split)."""
+    return max(2, int(round(1.0 / val_fraction))) if val_fraction > 0 else None
+
+
 def _select_source(path: PathSpec, split: str, val_fraction: float, val_path: PathSpec | None):
     """(source spec, val_fraction to apply or 0) for the requested split."""
     if split not in _SPLITS:
         raise ValueError(f"split={split!r} is invalid: expected one of 'train', 'validation'")
     split = _SPLITS[split]
-    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
-        raise ValueError(f"val_fraction={val_fraction!r} is invalid: expected a number in [0, 1)")
-    if val_path is not None and val_fraction > 0:
-        raise ValueError("give either val_fraction or val_path, not both")
+    check_val_options(val_fraction, val_path)
     if split == "validation":
         if val_path is not None:
             return split, val_path, 0.0
