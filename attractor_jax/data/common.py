@@ -5,6 +5,7 @@ fingerprint check that keeps one pipeline's iterator state out of another."""
 from __future__ import annotations
 
 import collections
+import importlib
 import sys
 import threading
 from typing import Any, Callable
@@ -18,6 +19,7 @@ __all__ = [
     "GrainWrapper",
     "check_int",
     "check_state_fingerprint",
+    "import_optional",
     "lm_batch",
     "local_batch_size",
     "prefetching_iterator",
@@ -33,6 +35,14 @@ def check_int(name: str, value: Any, minimum: int = 0, allow_none: bool = False)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name}={value!r} is invalid: expected an integer >= {minimum}")
     return int(value)
+
+
+def import_optional(module: str, message: str) -> Any:
+    """`module`, imported; ImportError(`message`: what needs it and how to install it) when it is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(message) from e
 
 
 def resolve_process(process_index: int | None, process_count: int | None) -> tuple[int, int]:

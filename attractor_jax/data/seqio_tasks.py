@@ -915,18 +915,18 @@ def make_seqio_puzzle_pipeline(
 # ----------------------------------------------------------------------------------------------------
 
 
+def _resolve_data_spec(data: Any) -> str:
+    """`resolve_seqio_spec` of a trainer DataConfig: its path, tokenizer, validation split and text field."""
+    return resolve_seqio_spec(data.path, tokenizer=data.tokenizer, val_fraction=data.val_fraction,
+                              val_path=data.val_path, text_field=data.text_field)
+
+
 def check_seqio_data(data: Any, *, seq_len: int, batch_size: int) -> int:
     """Validate a `seqio:` data config (the trainer's DataConfig) before anything is written; returns the
     vocabulary size of the `targets` feature. Registers `seqio:attractor_jax.text:PATH` tasks."""
     check_int("seq_len", seq_len, 1)
     check_int("batch_size", batch_size, 1)
-    name = resolve_seqio_spec(
-        data.path,
-        tokenizer=data.tokenizer,
-        val_fraction=data.val_fraction,
-        val_path=data.val_path,
-        text_field=data.text_field,
-    )
+    name = _resolve_data_spec(data)
     provider = get_provider(name)
     if "train" not in provider.splits:
         raise ValueError(f"seqio provider '{name}' has no 'train' split (splits: {list(provider.splits)})")
@@ -937,13 +937,7 @@ def make_seqio_pipelines(data: Any, train: Any, process_index: int, process_coun
     """`(train_it, val_batches_fn)` for the trainer from `data.path = "seqio:..."`; the validation batches are
     the first `train.eval_batches` of the provider's "validation" split (none when it has no such split or the
     split is empty)."""
-    name = resolve_seqio_spec(
-        data.path,
-        tokenizer=data.tokenizer,
-        val_fraction=data.val_fraction,
-        val_path=data.val_path,
-        text_field=data.text_field,
-    )
+    name = _resolve_data_spec(data)
     common = dict(
         seq_len=train.seq_len,
         batch_size=train.batch_size,

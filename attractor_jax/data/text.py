@@ -65,6 +65,7 @@ from attractor_jax.data.common import (
     GrainWrapper,
     check_int,
     check_state_fingerprint,
+    import_optional,
     lm_batch,
     local_batch_size,
     prefetching_iterator,
@@ -201,12 +202,8 @@ def iter_file_documents(path: pathlib.Path, text_field: str, doc_separator: str 
                 if text.strip():
                     yield text
     elif suf == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as e:
-            raise ImportError(
-                f"reading '{path}' needs the 'pyarrow' package (pip install pyarrow, or attractor_jax[text])"
-            ) from e
+        pq = import_optional("pyarrow.parquet", f"reading '{path}' needs the 'pyarrow' package (pip install "
+                             "pyarrow, or attractor_jax[text])")
         pf = pq.ParquetFile(path)
         names = pf.schema_arrow.names
         if text_field not in names:
@@ -246,13 +243,8 @@ def _parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
 def _open_hf_dataset(spec: str, text_field: str):
     """Open a streaming Hugging Face dataset (this contacts the hub once, here, so that errors come early)."""
     repo, config, hf_split = _parse_hf_spec(spec)
-    try:
-        import datasets
-    except ImportError as e:
-        raise ImportError(
-            f"'{spec}' is a Hugging Face dataset: install the 'datasets' package "
-            "(pip install datasets, or attractor_jax[hf])"
-        ) from e
+    datasets = import_optional("datasets", f"'{spec}' is a Hugging Face dataset: install the 'datasets' "
+                               "package (pip install datasets, or attractor_jax[hf])")
     try:
         ds = datasets.load_dataset(repo, name=config, split=hf_split, streaming=True)
     except Exception as e:  # network, auth, a typo in the name: all surface here
@@ -482,12 +474,13 @@ class TextIterator(grain.DatasetIterator):
 
     state_kind = "text"
 
+    def __str__(self) -> str:
+        batch = f"{self.local_batch_size}/{self.batch_size}"
+        return f"TextIterator({self.config['mode']}, seq_len={self.seq_len}, batch={batch})"
+
 
 class _MapTextIterator(GrainWrapper, TextIterator):
     """Wraps grain's prefetching iterator over the `_PackedBatches` MapDataset."""
-
-    def __str__(self) -> str:
-        return f"TextIterator(map, seq_len={self.seq_len}, batch={self.local_batch_size}/{self.batch_size})"
 
 
 class _StreamTextIterator(TextIterator):
@@ -572,11 +565,6 @@ class _StreamTextIterator(TextIterator):
         self._epoch, self._doc = int(state["epoch"]), int(state["doc"])
         self._offset, self._batches = int(state["offset"]), int(state["batches"])
         self._docs, self._cur = None, None
-
-    def __str__(self) -> str:
-        return (
-            f"TextIterator(stream, seq_len={self.seq_len}, batch={self.local_batch_size}/{self.batch_size})"
-        )
 
 
 def _shuffle_buffer(docs: Iterable[str], size: int, rng: np.random.Generator) -> Iterator[str]:

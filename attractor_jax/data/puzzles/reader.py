@@ -37,6 +37,7 @@ from attractor_jax.data.puzzles.common import (
     FIELDS,
     IGNORE_LABEL_ID,
     PuzzleDatasetMetadata,
+    SplitArrays,
     load_puzzle_metadata,
 )
 from attractor_jax.data.common import (
@@ -79,22 +80,10 @@ class PuzzleSplit:
         self.puzzle_identifiers = np.asarray(arrays["puzzle_identifiers"], np.int32)
         self.puzzle_indices = np.asarray(arrays["puzzle_indices"], np.int64)
         self.group_indices = np.asarray(arrays["group_indices"], np.int64)
-        self._check()
-
-    def _check(self) -> None:
-        where = self.root / self.split
-        L = self.metadata.seq_len
-        E = self.inputs.shape[0]
-        if self.inputs.ndim != 2 or self.inputs.shape[1] != L or self.labels.shape != self.inputs.shape:
-            raise ValueError(
-                f"{where}: inputs {self.inputs.shape} / labels {self.labels.shape} do not match seq_len={L}"
-            )
-        pi, gi = self.puzzle_indices, self.group_indices
-        P = len(self.puzzle_identifiers)
-        if pi.shape != (P + 1,) or pi[0] != 0 or pi[-1] != E or np.any(np.diff(pi) <= 0):
-            raise ValueError(f"{where}: puzzle_indices must rise strictly from 0 to {E} over {P} puzzles")
-        if gi.ndim != 1 or len(gi) < 2 or gi[0] != 0 or gi[-1] != P or np.any(np.diff(gi) <= 0):
-            raise ValueError(f"{where}: group_indices must rise strictly from 0 to {P}")
+        fault = SplitArrays(self.inputs, self.labels, self.puzzle_identifiers, self.puzzle_indices,
+                            self.group_indices).fault(self.metadata.seq_len)
+        if fault:
+            raise ValueError(f"{self.root / split}: {fault}")
 
     @property
     def num_examples(self) -> int:

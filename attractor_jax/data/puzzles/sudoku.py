@@ -119,6 +119,16 @@ def _as_digits(grid: Any, what: str, encoded: bool | None = None) -> np.ndarray:
     return a.astype(np.int8)
 
 
+_UNIT_NAMES = ("row", "column", "box")
+
+
+def _units(grids: np.ndarray) -> np.ndarray:
+    """[N, 27, 9]: the 9 rows, 9 columns and 9 boxes of each grid in [N, 81]."""
+    g = grids.reshape(-1, 9, 9)
+    boxes = g.reshape(-1, 3, 3, 3, 3).transpose(0, 1, 3, 2, 4).reshape(-1, 9, 9)
+    return np.concatenate([g, g.transpose(0, 2, 1), boxes], axis=1)
+
+
 def sudoku_to_string(grid: Any, encoded: bool | None = None) -> str:
     """The 81-character CSV form ('.' for a blank)."""
     d = _as_digits(grid, "grid", encoded)
@@ -307,12 +317,10 @@ def _digits_from_cand(cand: list[int]) -> np.ndarray:
 
 
 def _givens_consistent(digits: np.ndarray) -> bool:
-    g = digits.reshape(9, 9)
-    for unit in (g, g.T, g.reshape(3, 3, 3, 3).transpose(0, 2, 1, 3).reshape(9, 9)):
-        for row in unit:
-            v = row[row > 0]
-            if len(np.unique(v)) != len(v):
-                return False
+    for unit in _units(digits)[0]:
+        v = unit[unit > 0]
+        if len(np.unique(v)) != len(v):
+            return False
     return True
 
 
@@ -561,12 +569,9 @@ def validate_sudoku(question: Any, prediction: Any, encoded: bool | None = None)
     if (p[given] != q[given]).any():
         c = int(np.flatnonzero(given & (p != q))[0])
         return Validation(False, f"given at row {c // 9}, col {c % 9} changed from {q[c]} to {p[c]}")
-    g = p.reshape(9, 9)
-    boxes = g.reshape(3, 3, 3, 3).transpose(0, 2, 1, 3).reshape(9, 9)
-    for name, units in (("row", g), ("column", g.T), ("box", boxes)):
-        for i, u in enumerate(units):
-            if len(np.unique(u)) != 9:
-                return Validation(False, f"{name} {i} repeats a digit")
+    for k, unit in enumerate(_units(p)[0]):
+        if len(np.unique(unit)) != 9:
+            return Validation(False, f"{_UNIT_NAMES[k // 9]} {k % 9} repeats a digit")
     return Validation(True)
 
 
@@ -607,13 +612,6 @@ def _parse_grids(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return out, bad
 
 
-def _units(grids: np.ndarray) -> np.ndarray:
-    """[N, 27, 9]: the 9 rows, 9 columns and 9 boxes of each grid in [N, 81]."""
-    g = grids.reshape(-1, 9, 9)
-    boxes = g.reshape(-1, 3, 3, 3, 3).transpose(0, 1, 3, 2, 4).reshape(-1, 9, 9)
-    return np.concatenate([g, g.transpose(0, 2, 1), boxes], axis=1)
-
-
 def _solved_grid_mask(answers: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Which complete grids are solved sudokus: every row, column and box, sorted, is exactly 1..9."""
     ok = np.empty(len(answers), bool)
@@ -627,10 +625,10 @@ def _solved_grid_mask(answers: np.ndarray, chunk: int = 65536) -> np.ndarray:
 def _first_unit_fault(answer: np.ndarray) -> str:
     """'row 2 of 9 holds 5 more than once and lacks 7' for the first unit (counted from 1) of a complete grid
     that is not a permutation of 1..9."""
-    for k, unit in enumerate(_units(answer[None])[0]):
+    for k, unit in enumerate(_units(answer)[0]):
         counts = np.bincount(unit, minlength=10)[1:]
         if (counts != 1).any():
-            name = ("row", "column", "box")[k // 9]
+            name = _UNIT_NAMES[k // 9]
             twice = [str(d + 1) for d in np.flatnonzero(counts > 1)]
             lacks = [str(d + 1) for d in np.flatnonzero(counts == 0)]
             return (f"{name} {k % 9 + 1} of 9 holds {', '.join(twice)} more than once and lacks "
