@@ -15,8 +15,8 @@ import numpy as np
 
 __all__ = [
     "BatchSource",
-    "EpochCache",
     "GrainWrapper",
+    "LruCache",
     "check_int",
     "check_state_fingerprint",
     "import_optional",
@@ -110,25 +110,26 @@ class BatchSource:
         raise NotImplementedError
 
 
-class EpochCache:
-    """`make(epoch)`, computed once per epoch and kept for the two most recent epochs (a batch spans at most
-    two); safe to call from grain's reader threads."""
+class LruCache:
+    """The `size` most recently used values, each computed by `make()` on a miss (outside the lock: a slow
+    computation blocks no other key); safe to share between threads (grain's reader threads)."""
 
-    def __init__(self, make: Callable[[int], Any]):
-        self._make = make
-        self._tables: collections.OrderedDict[int, Any] = collections.OrderedDict()
+    def __init__(self, size: int = 2):
+        self._size = size
+        self._items: collections.OrderedDict[Any, Any] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def __call__(self, epoch: int) -> Any:
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
         with self._lock:
-            if epoch in self._tables:
-                return self._tables[epoch]
-        tables = self._make(epoch)
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = make()
         with self._lock:
-            self._tables[epoch] = tables
-            while len(self._tables) > 2:
-                self._tables.popitem(last=False)
-        return tables
+            self._items[key] = value
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return value
 
 
 def check_state_fingerprint(

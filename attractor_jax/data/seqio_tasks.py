@@ -652,34 +652,23 @@ class SeqioIterator(grain.DatasetIterator):
 
     # -- lm ------------------------------------------------------------------------------------------
     def _refill(self) -> bool:
+        """Load the next chunk of examples (after a (re)start, the first one skipping the `_offset` tokens
+        already consumed of it); False at the end of the data."""
         if self._done:
             return False
-        if self._it is None:
+        restart = self._it is None
+        if restart:
             self._it = iter(self._make_dataset(self._examples).as_numpy_iterator())
-            self._base, self._buf, self._ends, self._pos = (
-                self._examples,
-                np.zeros((0,), np.int32),
-                np.zeros((0,), np.int64),
-                0,
-            )
-            first = next(self._it, None)
-            if first is None:
-                self._done = True
-                return False
-            self._set_chunk(first, skip=self._offset)
-            return True
-        nxt = next(self._it, None)
-        if nxt is None:
+            self._base, self._ends = self._examples, np.zeros((0,), np.int64)
+        chunk = next(self._it, None)
+        if chunk is None:
             self._done = True
             return False
         self._base += len(self._ends)
-        self._set_chunk(nxt, skip=0)
-        return True
-
-    def _set_chunk(self, chunk: dict[str, np.ndarray], skip: int) -> None:
         self._buf = np.asarray(chunk["values"], np.int32)
         self._ends = np.cumsum(chunk["lengths"]).astype(np.int64)
-        self._pos = skip
+        self._pos = self._offset if restart else 0
+        return True
 
     def _sync_position(self) -> None:
         """(examples consumed, offset into the next one) from the chunk position."""

@@ -43,7 +43,6 @@ disjoint.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import glob
 import gzip
@@ -53,7 +52,6 @@ import json
 import math
 import os
 import pathlib
-import threading
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import grain
@@ -61,8 +59,8 @@ import numpy as np
 
 from attractor_jax.data.common import (
     BatchSource,
-    EpochCache,
     GrainWrapper,
+    LruCache,
     check_int,
     check_state_fingerprint,
     import_optional,
@@ -314,9 +312,7 @@ def _tokenize_documents(docs: list[str], tok: Tokenizer) -> _Corpus:
     return _Corpus(tokens, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
 
 
-_CORPUS_CACHE: collections.OrderedDict[Any, _Corpus] = collections.OrderedDict()
-_CORPUS_CACHE_SIZE = 2
-_CORPUS_LOCK = threading.Lock()
+_CORPUS_CACHE = LruCache(2)
 
 
 def _tokenizer_key(tok: Tokenizer) -> Any:
@@ -334,31 +330,20 @@ def _load_corpus(
     files: list[pathlib.Path], tok: Tokenizer, text_field: str, doc_separator: str | None
 ) -> _Corpus:
     """Read and tokenise every file (cached per process on file identity, tokenizer and options)."""
+
+    def read() -> _Corpus:
+        docs = [d for f in files for d in iter_file_documents(f, text_field, doc_separator)]
+        if not docs:
+            names = ", ".join(str(f) for f in files[:3]) + (" ..." if len(files) > 3 else "")
+            raise ValueError(f"text data {names} contains no documents (every file or record is empty)")
+        return _tokenize_documents(docs, tok)
+
     tkey = _tokenizer_key(tok)
-    key = None
-    if tkey is not None:
-        ident = []
-        for f in files:
-            st = f.stat()
-            ident.append((str(f.resolve()), st.st_size, st.st_mtime_ns))
-        key = (tuple(ident), tkey, text_field, doc_separator)
-        with _CORPUS_LOCK:
-            if key in _CORPUS_CACHE:
-                _CORPUS_CACHE.move_to_end(key)
-                return _CORPUS_CACHE[key]
-    docs: list[str] = []
-    for f in files:
-        docs.extend(iter_file_documents(f, text_field, doc_separator))
-    if not docs:
-        names = ", ".join(str(f) for f in files[:3]) + (" ..." if len(files) > 3 else "")
-        raise ValueError(f"text data {names} contains no documents (every file or record is empty)")
-    corpus = _tokenize_documents(docs, tok)
-    if key is not None:
-        with _CORPUS_LOCK:
-            _CORPUS_CACHE[key] = corpus
-            while len(_CORPUS_CACHE) > _CORPUS_CACHE_SIZE:
-                _CORPUS_CACHE.popitem(last=False)
-    return corpus
+    if tkey is None:
+        return read()
+    stats = [(f, f.stat()) for f in files]
+    ident = tuple((str(f.resolve()), st.st_size, st.st_mtime_ns) for f, st in stats)
+    return _CORPUS_CACHE.get((ident, tkey, text_field, doc_separator), read)
 
 
 def _split_corpus(corpus: _Corpus, split: str, val_fraction: float) -> _Corpus:
@@ -415,9 +400,9 @@ class _PackedBatches(BatchSource):
         self._rows_per_epoch = math.ceil(self._n / self._row)
         self._seed, self._shuffle = seed, shuffle
         self._arange = np.arange(self._row, dtype=np.int64)
-        self._epoch_tables = EpochCache(self._make_epoch_tables)
+        self._tables = LruCache(2)  # a batch spans at most two epochs
 
-    def _make_epoch_tables(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _epoch_tables(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(document permutation, row permutation, start of each permuted document in the epoch's stream)."""
         rng = np.random.default_rng([self._seed, epoch])
         doc_perm = rng.permutation(self._starts.shape[0] - 1)
@@ -433,7 +418,7 @@ class _PackedBatches(BatchSource):
             sel = epochs == e
             r = within[sel]
             if self._shuffle:
-                doc_perm, row_perm, cum = self._epoch_tables(int(e))
+                doc_perm, row_perm, cum = self._tables.get(int(e), lambda: self._epoch_tables(int(e)))
                 pos = (row_perm[r][:, None] * self._row + self._arange) % self._n
                 q = np.searchsorted(cum, pos, side="right") - 1
                 flat = self._starts[doc_perm[q]] + (pos - cum[q])

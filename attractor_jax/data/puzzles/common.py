@@ -237,19 +237,9 @@ class Draw(NamedTuple):
 
 
 def draw_unique_rows(
-    draw: Callable[[tuple], Draw],
-    params: tuple,
-    count: int,
-    *,
-    seed: int,
-    source: str,
-    exclude: Iterable[str],
-    what: str,
-    workers: int,
-    progress: bool,
-    chunksize: int = 1,
-    max_redraws: int | None = None,
-    gave_up: Callable[[int, int, int, bool], str] | None = None,
+    draw: Callable[[tuple], Draw], params: tuple, count: int, *, seed: int, source: str,
+    exclude: Iterable[str], what: str, workers: int, progress: bool, chunksize: int = 1,
+    max_redraws: int | None = None, gave_up: Callable[[int, int, int, bool], str] | None = None,
 ) -> list[PuzzleRow]:
     """`count` rows (`source` their first field), in index order, whose keys differ and are not in `exclude`.
 
@@ -427,17 +417,16 @@ class SplitArrays:
         assert max(int(self.inputs.max(initial=0)), int(self.labels.max(initial=0))) < vocab_size
 
 
-def grouped_single_examples(inputs: np.ndarray, labels: np.ndarray, per_group: int) -> SplitArrays:
-    """Arrays for datasets where every puzzle is one example and every group has `per_group` puzzles in order
-    (sudoku, maze): identifier 0 for all."""
-    E = len(inputs)
-    assert E % per_group == 0
+def grouped_single_examples(inputs: np.ndarray, labels: np.ndarray) -> SplitArrays:
+    """Arrays for datasets where every puzzle is one example (sudoku, maze), from the tokens [G, k, L] of G
+    groups of k puzzles each; identifier 0 for all."""
+    G, k, L = inputs.shape
     return SplitArrays(
-        inputs=np.ascontiguousarray(inputs, dtype=np.uint8),
-        labels=np.ascontiguousarray(labels, dtype=np.uint8),
-        puzzle_identifiers=np.zeros(E, np.int32),
-        puzzle_indices=np.arange(E + 1, dtype=np.int32),
-        group_indices=np.arange(0, E + 1, per_group, dtype=np.int32),
+        inputs=np.ascontiguousarray(inputs.reshape(G * k, L), dtype=np.uint8),
+        labels=np.ascontiguousarray(labels.reshape(G * k, L), dtype=np.uint8),
+        puzzle_identifiers=np.zeros(G * k, np.int32),
+        puzzle_indices=np.arange(G * k + 1, dtype=np.int32),
+        group_indices=np.arange(0, G * k + 1, k, dtype=np.int32),
     )
 
 
@@ -561,15 +550,10 @@ def csv_flags(train_csv: str, test_csv: str, subsample_size: int | None, test_su
 
 
 def build_csv_dataset(
-    kind: str,
-    source: str | os.PathLike,
-    output: str | os.PathLike,
-    flags: dict[str, Any],
-    *,
+    kind: str, source: str | os.PathLike, output: str | os.PathLike, flags: dict[str, Any], *,
     load: Callable[[dict[str, pathlib.Path]], dict[str, CsvGrids]],
     expand: Callable[[str, np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]],
-    vocab_size: int,
-    overwrite: bool,
+    vocab_size: int, overwrite: bool,
 ) -> pathlib.Path:
     """Build a dataset of one puzzle per example from the `train` and `test` CSVs of `source`.
 
@@ -591,9 +575,7 @@ def build_csv_dataset(
     splits = {}
     for split, grids in loaded.items():
         q, a = subsample_rows(rng, keep[split], grids.questions, grids.answers)
-        ins, labs = expand(split, q, a, rng)
-        L = ins.shape[-1]
-        splits[split] = grouped_single_examples(ins.reshape(-1, L), labs.reshape(-1, L), ins.shape[1])
+        splits[split] = grouped_single_examples(*expand(split, q, a, rng))
     builder = {
         "builder": kind,
         "source": os.fspath(source),

@@ -42,8 +42,8 @@ from attractor_jax.data.puzzles.common import (
 )
 from attractor_jax.data.common import (
     BatchSource,
-    EpochCache,
     GrainWrapper,
+    LruCache,
     check_int,
     local_batch_size,
     prefetching_iterator,
@@ -112,9 +112,9 @@ class _Batches(BatchSource):
         self.group_take = np.minimum.reduceat(psize, data.group_indices[:-1]).astype(np.int64)
         self.single = bool(np.all(psize == 1))
         self.epoch_len = int(self.group_take.sum()) if shuffle else data.num_examples
-        self.epoch_table = EpochCache(self._make_epoch_table)
+        self._tables = LruCache(2)  # a batch spans at most two epochs
 
-    def _make_epoch_table(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    def _epoch_table(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(example index, puzzle index) of every position of the epoch's stream."""
         d = self.d
         rng = np.random.default_rng([self.seed, epoch])
@@ -140,7 +140,7 @@ class _Batches(BatchSource):
             epochs, within = np.divmod(pos, self.epoch_len)
             for e in np.unique(epochs):
                 sel = epochs == e
-                t_ex, t_puz = self.epoch_table(int(e))
+                t_ex, t_puz = self._tables.get(int(e), lambda: self._epoch_table(int(e)))
                 ex[sel], puz[sel] = t_ex[within[sel]], t_puz[within[sel]]
             valid = np.ones(self.local_batch, bool)
         else:
