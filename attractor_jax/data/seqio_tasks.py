@@ -78,7 +78,7 @@ from attractor_jax.data.text import (
     check_val_options,
     keyed_documents,
     resolve_text_files,
-    validation_period,
+    split_documents,
 )
 
 __all__ = [
@@ -262,7 +262,8 @@ def _full_name(name: str) -> str:
     return name if name.startswith(TASK_PREFIX) else TASK_PREFIX + name
 
 
-def _add(registry, name: str, provider_fn: Callable[[], Any], overwrite: bool) -> str:
+def _add(registry, name: str, overwrite: bool, *args: Any, **kwargs: Any) -> str:
+    """`registry.add(name, *args, **kwargs)`, replacing a provider of ours only when `overwrite`."""
     seqio, _ = import_seqio()
     if name in registry.names():
         if not overwrite:
@@ -272,8 +273,13 @@ def _add(registry, name: str, provider_fn: Callable[[], Any], overwrite: bool) -
         registry.remove(name)
     if name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names():
         raise ValueError(f"'{name}' is already registered as a seqio Task or Mixture")
-    provider_fn()
+    registry.add(name, *args, **kwargs)
     return name
+
+
+def _function_source(dataset_fn: Callable[..., Any], splits: list[str], counts: dict[str, int] | None):
+    """A seqio data source over `dataset_fn` (`_source_class`), never cached to disk by seqio."""
+    return _source_class()(dataset_fn, splits=splits, num_input_examples=counts, caching_permitted=False)
 
 
 @functools.cache
@@ -311,16 +317,14 @@ def register_text_task(
     files = resolve_text_files(path)  # fail now, not inside tf.data, on a bad path
     val_files = resolve_text_files(val_path) if val_path is not None else None
     check_val_options(val_fraction, val_path)
-    val_every = validation_period(val_fraction)
-    splits = ["train"] + (["validation"] if val_files is not None or val_every else [])
+    splits = ["train"] + (["validation"] if val_files is not None or val_fraction > 0 else [])
     vocab = make_vocabulary(tokenizer)
 
     def documents(split: str) -> Iterator[str]:
         if split == "validation" and val_files is not None:
             return (text for _, text in keyed_documents(val_files, text_field, doc_separator))
-        want_val = split == "validation"
-        return (text for key, text in keyed_documents(files, text_field, doc_separator)
-                if val_every is None or (key % val_every == val_every - 1) == want_val)
+        return (text for _, text in split_documents(keyed_documents(files, text_field, doc_separator), split,
+                                                    val_fraction))
 
     # A corpus small enough to read now: count its documents, so that seqio caches a small one in memory and
     # the shuffle buffer is no larger than an epoch (a 1000-document buffer over a one-document corpus would
@@ -332,23 +336,17 @@ def register_text_task(
             raise ValueError(f"text task '{full}': the train split of {path!r} holds no documents")
         shuffle_buffer_size = max(1, min(shuffle_buffer_size, counts["train"]))
 
-    def make():
-        seqio.TaskRegistry.add(
-            full,
-            source=_source_class()(
-                _text_dataset_fn(full, splits, documents), splits=splits, num_input_examples=counts,
-                caching_permitted=False,
-            ),
-            output_features={"targets": seqio.Feature(vocab, add_eos=add_eos, dtype=tf.int32)},
-            preprocessors=[
-                functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
-                functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
-                seqio.preprocessors.append_eos,
-            ],
-            shuffle_buffer_size=shuffle_buffer_size,
-        )
-
-    return _add(seqio.TaskRegistry, full, make, overwrite)
+    return _add(
+        seqio.TaskRegistry, full, overwrite,
+        source=_function_source(_text_dataset_fn(full, splits, documents), splits, counts),
+        output_features={"targets": seqio.Feature(vocab, add_eos=add_eos, dtype=tf.int32)},
+        preprocessors=[
+            functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+            functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+            seqio.preprocessors.append_eos,
+        ],
+        shuffle_buffer_size=shuffle_buffer_size,
+    )
 
 
 def _text_dataset_fn(full: str, splits: list[str], documents: Callable[[str], Iterator[str]]):
@@ -413,23 +411,14 @@ def register_puzzle_task(
         chunks = functools.partial(_puzzle_chunks, root, split, set_name)
         return tf.data.Dataset.from_generator(chunks, output_signature=spec).unbatch()
 
-    def make():
-        feat = functools.partial(seqio.Feature, add_eos=False, dtype=tf.int32)
-        seqio.TaskRegistry.add(
-            full,
-            source=_source_class()(
-                dataset_fn, splits=splits, num_input_examples=counts, caching_permitted=False
-            ),
-            output_features={
-                "inputs": feat(seqio.PassThroughVocabulary(V)),
-                "targets": feat(seqio.PassThroughVocabulary(V)),
-                "puzzle_identifiers": feat(seqio.PassThroughVocabulary(max(n_ids, 1)), rank=0),
-            },
-            preprocessors=[],
-            shuffle_buffer_size=shuffle_buffer_size,
-        )
-
-    return _add(seqio.TaskRegistry, full, make, overwrite)
+    feat = functools.partial(seqio.Feature, add_eos=False, dtype=tf.int32)
+    features = {
+        "inputs": feat(seqio.PassThroughVocabulary(V)),
+        "targets": feat(seqio.PassThroughVocabulary(V)),
+        "puzzle_identifiers": feat(seqio.PassThroughVocabulary(max(n_ids, 1)), rank=0),
+    }
+    return _add(seqio.TaskRegistry, full, overwrite, source=_function_source(dataset_fn, splits, counts),
+                output_features=features, preprocessors=[], shuffle_buffer_size=shuffle_buffer_size)
 
 
 def _puzzle_chunks(root: pathlib.Path, split: str, set_name: str | None, chunk: int = 4096
@@ -479,10 +468,7 @@ def register_mixture(
     if not members:
         raise ValueError(f"mixture '{full}' needs at least one task")
 
-    def make():
-        seqio.MixtureRegistry.add(full, members, default_rate=default_rate)
-
-    return _add(seqio.MixtureRegistry, full, make, overwrite)
+    return _add(seqio.MixtureRegistry, full, overwrite, members, default_rate=default_rate)
 
 
 def register_tasks(

@@ -80,8 +80,8 @@ __all__ = [
     "keyed_documents",
     "make_text_pipeline",
     "resolve_text_files",
+    "split_documents",
     "text_corpus_stats",
-    "validation_period",
 ]
 
 SUPPORTED_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".parquet")
@@ -592,14 +592,10 @@ def _raw_documents(a: _TextArgs) -> Callable[[int], Iterator[tuple[int, str]]]:
 def _make_doc_stream(a: _TextArgs, shuffle_buffer: int) -> Callable[[int], Iterator[str]]:
     """This process's documents of an epoch: the validation filter on stable document keys, then round-robin
     host sharding, then a shuffle buffer."""
-    val_every = validation_period(a.val_fraction)
     raw = _raw_documents(a)
 
     def stream(epoch: int) -> Iterator[str]:
-        docs: Iterable[tuple[int, str]] = raw(epoch)
-        if val_every is not None:
-            want_val = a.split == "validation"
-            docs = (kd for kd in docs if (kd[0] % val_every == val_every - 1) == want_val)
+        docs = split_documents(raw(epoch), a.split, a.val_fraction)
         mine = (text for i, (_, text) in enumerate(docs) if i % a.process_count == a.process_index)
         if a.shuffle and shuffle_buffer > 1:
             rng = np.random.default_rng([a.seed, epoch, 2, a.process_index])
@@ -662,10 +658,16 @@ def check_val_options(val_fraction: float, val_path: PathSpec | None) -> None:
         raise ValueError("give either val_fraction or val_path, not both")
 
 
-def validation_period(val_fraction: float) -> int | None:
-    """p = round(1/val_fraction) (at least 2): the streaming validation split holds the documents whose key k
-    (`keyed_documents`) has k mod p == p - 1. None when val_fraction is 0 (no split)."""
-    return max(2, int(round(1.0 / val_fraction))) if val_fraction > 0 else None
+def split_documents(keyed: Iterable[tuple[int, str]], split: str, val_fraction: float
+                    ) -> Iterator[tuple[int, str]]:
+    """The (key, document) pairs of `split` when `val_fraction` of them is held out by key (streaming mode,
+    seqio): with p = round(1/val_fraction), at least 2, key k is a validation document exactly when
+    k mod p == p - 1. All pairs when val_fraction is 0."""
+    if val_fraction <= 0:
+        return iter(keyed)
+    p = max(2, int(round(1.0 / val_fraction)))
+    want_val = split == "validation"
+    return (kd for kd in keyed if (kd[0] % p == p - 1) == want_val)
 
 
 def _select_source(path: PathSpec, split: str, val_fraction: float, val_path: PathSpec | None):

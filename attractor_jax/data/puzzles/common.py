@@ -351,12 +351,9 @@ def atomic_path(
 ) -> Iterator[pathlib.Path]:
     """Yield a temporary sibling of `path`; on success rename it onto `path`, on error remove it. With
     overwrite=False an existing `path` is an error, raised before anything is written."""
+    check_output_free(path, overwrite)
     path = pathlib.Path(path).expanduser()
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"output '{path}' already exists (pass --overwrite to replace it)")
     parent = path.parent
-    if not parent.is_dir():
-        raise FileNotFoundError(f"output folder '{parent}' does not exist")
     if directory:
         tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is not
