@@ -83,12 +83,7 @@ def _task_from_json(obj: Any, where: str) -> Task:
         for i, ex in enumerate(obj[part]):
             if not isinstance(ex, dict) or "input" not in ex or "output" not in ex:
                 raise ValueError(f"{where}: {part}[{i}] needs 'input' and 'output' grids")
-            pairs.append(
-                (
-                    _grid(ex["input"], f"{where} {part}[{i}].input"),
-                    _grid(ex["output"], f"{where} {part}[{i}].output"),
-                )
-            )
+            pairs.append(tuple(_grid(ex[k], f"{where} {part}[{i}].{k}") for k in ("input", "output")))
         out[part] = pairs
     if not out["train"] or not out["test"]:
         raise ValueError(f"{where}: a task needs at least one train and one test example")

@@ -231,14 +231,19 @@ def _propagate(cand: list[int], done: int, level: int = 3) -> int:
             return done
 
 
-def _branch_cell(cand: list[int], done: int) -> int:
-    """The bit of an unfixed cell to branch on: the first with two candidates, else one with fewest."""
+def _bivalue_cells(cand: list[int], done: int) -> int:
+    """The mask of the unfixed cells with exactly two candidates (bit-sliced counts, as in `_propagate`)."""
     ones = twos = threes = 0
     for b in cand:
         threes |= twos & b
         twos |= ones & b
         ones |= b
-    biv = twos & ~threes & ~done
+    return twos & ~threes & ~done
+
+
+def _branch_cell(cand: list[int], done: int) -> int:
+    """The bit of an unfixed cell to branch on: the first with two candidates, else one with fewest."""
+    biv = _bivalue_cells(cand, done)
     if biv:
         return biv & -biv
     best, pick = 10, 0
@@ -284,12 +289,7 @@ class _Search:
                 return
 
     def _random_cell(self, cand: list[int], done: int) -> int:
-        ones = twos = threes = 0
-        for b in cand:
-            threes |= twos & b
-            twos |= ones & b
-            ones |= b
-        pool = (twos & ~threes & ~done) or (_ALL & ~done)
+        pool = _bivalue_cells(cand, done) or (_ALL & ~done)
         cells = [c for c in range(81) if pool >> c & 1]
         return _CELL[cells[int(self.rng.integers(len(cells)))]]
 
