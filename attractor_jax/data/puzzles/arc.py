@@ -281,7 +281,7 @@ def _select_subsets(
     return data
 
 
-Group = list[tuple[str, int, np.ndarray, list]]  # a task's variants: (name, tid, colour map, examples)
+_Group = list[tuple[str, int, np.ndarray, list]]  # a task's variants: (name, tid, colour map, examples)
 
 
 def _plan_groups(
@@ -290,10 +290,10 @@ def _plan_groups(
     num_aug: int,
     subsample_size: int | None,
     rng: np.random.Generator,
-) -> tuple[dict[str, list[Group]], dict[str, Any]]:
+) -> tuple[dict[str, list[_Group]], dict[str, Any]]:
     """The groups of each split (module docstring: Splits), subsets and tasks in sorted order, and the
     test-subset tasks as JSON (`test_puzzles.json`, the truth `arc_vote` scores against)."""
-    plan: dict[str, list[Group]] = {"train": [], "test": []}
+    plan: dict[str, list[_Group]] = {"train": [], "test": []}
     test_tasks: dict[str, Any] = {}
     for subset in sorted(data):
         tasks = data[subset]
@@ -315,7 +315,7 @@ def _plan_groups(
     return plan, test_tasks
 
 
-def _split_arrays(groups: list[Group], ids: dict[str, int], rng: np.random.Generator, translate: bool
+def _split_arrays(groups: list[_Group], ids: dict[str, int], rng: np.random.Generator, translate: bool
                   ) -> SplitArrays:
     """One split's arrays: each example in its variant's frame; with `translate`, every example of a puzzle
     but one (drawn at random, as the draw is made in every split) at a random offset inside the canvas."""
