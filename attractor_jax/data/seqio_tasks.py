@@ -52,9 +52,11 @@ the run's `data.tokenizer`, `data.val_fraction` / `data.val_path` and `data.text
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib
+import itertools
 import json
 import logging
 import os
@@ -64,13 +66,19 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import grain
 import numpy as np
 
+from attractor_jax.data.common import (
+    check_int,
+    check_state_fingerprint,
+    lm_batch,
+    local_batch_size,
+    resolve_process,
+)
 from attractor_jax.data.text import (
     PathSpec,
-    _check_int,
-    _iter_file_documents,
-    _resolve_process,
-    check_state_fingerprint,
+    check_val_options,
+    keyed_documents,
     resolve_text_files,
+    split_documents,
 )
 
 __all__ = [
@@ -254,7 +262,8 @@ def _full_name(name: str) -> str:
     return name if name.startswith(TASK_PREFIX) else TASK_PREFIX + name
 
 
-def _add(registry, name: str, provider_fn: Callable[[], Any], overwrite: bool) -> str:
+def _add(registry, name: str, overwrite: bool, *args: Any, **kwargs: Any) -> str:
+    """`registry.add(name, *args, **kwargs)`, replacing a provider of ours only when `overwrite`."""
     seqio, _ = import_seqio()
     if name in registry.names():
         if not overwrite:
@@ -264,8 +273,13 @@ def _add(registry, name: str, provider_fn: Callable[[], Any], overwrite: bool) -
         registry.remove(name)
     if name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names():
         raise ValueError(f"'{name}' is already registered as a seqio Task or Mixture")
-    provider_fn()
+    registry.add(name, *args, **kwargs)
     return name
+
+
+def _function_source(dataset_fn: Callable[..., Any], splits: list[str], counts: dict[str, int] | None):
+    """A seqio data source over `dataset_fn` (`_source_class`), never cached to disk by seqio."""
+    return _source_class()(dataset_fn, splits=splits, num_input_examples=counts, caching_permitted=False)
 
 
 @functools.cache
@@ -281,15 +295,6 @@ def _source_class():
             return super().get_dataset(split, False, seed, shard_info, **kwargs)
 
     return FunctionSource
-
-
-def _text_keyed_documents(
-    files: list[pathlib.Path], text_field: str, doc_separator
-) -> Iterator[tuple[int, str]]:
-    """(key, document) in file order, with the keys grain's streaming mode uses for its validation split."""
-    for fi, f in enumerate(files):
-        for i, text in enumerate(_iter_file_documents(f, text_field, doc_separator)):
-            yield i + fi, text
 
 
 def register_text_task(
@@ -311,71 +316,59 @@ def register_text_task(
     full = _full_name(name)
     files = resolve_text_files(path)  # fail now, not inside tf.data, on a bad path
     val_files = resolve_text_files(val_path) if val_path is not None else None
-    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
-        raise ValueError(f"val_fraction={val_fraction!r} is invalid: expected a number in [0, 1)")
-    if val_files is not None and val_fraction > 0:
-        raise ValueError("give either val_fraction or val_path, not both")
-    val_every = max(2, int(round(1.0 / val_fraction))) if val_fraction > 0 else None
-    splits = ["train"] + (["validation"] if val_files is not None or val_every else [])
+    check_val_options(val_fraction, val_path)
+    splits = ["train"] + (["validation"] if val_files is not None or val_fraction > 0 else [])
     vocab = make_vocabulary(tokenizer)
 
     def documents(split: str) -> Iterator[str]:
         if split == "validation" and val_files is not None:
-            for _, text in _text_keyed_documents(val_files, text_field, doc_separator):
-                yield text
-            return
-        want_val = split == "validation"
-        for key, text in _text_keyed_documents(files, text_field, doc_separator):
-            if val_every is None or (key % val_every == val_every - 1) == want_val:
-                yield text
-
-    def chunks(split: str, size: int = 256) -> Iterator[list[str]]:
-        out: list[str] = []
-        for text in documents(split):
-            out.append(text)
-            if len(out) == size:
-                yield out
-                out = []
-        if out:
-            yield out
-
-    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
-        del shuffle_files, seed  # documents come in file order; the Task's shuffle buffer shuffles
-        if split not in splits:
-            raise ValueError(f"task '{full}' has no split '{split}' (splits: {splits})")
-        # Documents cross from Python in chunks (a tf.data element per document costs ~100 us)
-        ds = tf.data.Dataset.from_generator(
-            lambda: chunks(split), output_signature=tf.TensorSpec((None,), tf.string)
-        ).unbatch()
-        return ds.map(_no_autograph(lambda t: {"text": t}))
+            return (text for _, text in keyed_documents(val_files, text_field, doc_separator))
+        return (text for _, text in split_documents(keyed_documents(files, text_field, doc_separator), split,
+                                                    val_fraction))
 
     # A corpus small enough to read now: count its documents, so that seqio caches a small one in memory and
     # the shuffle buffer is no larger than an epoch (a 1000-document buffer over a one-document corpus would
     # hold 1000 copies of it).
     counts = None
-    all_files = files + (val_files or [])
-    if sum(f.stat().st_size for f in all_files) <= _COUNT_DOCS_MAX_BYTES:
+    if sum(f.stat().st_size for f in files + (val_files or [])) <= _COUNT_DOCS_MAX_BYTES:
         counts = {sp: sum(1 for _ in documents(sp)) for sp in splits}
         if counts["train"] == 0:
             raise ValueError(f"text task '{full}': the train split of {path!r} holds no documents")
         shuffle_buffer_size = max(1, min(shuffle_buffer_size, counts["train"]))
 
-    def make():
-        seqio.TaskRegistry.add(
-            full,
-            source=_source_class()(
-                dataset_fn, splits=splits, num_input_examples=counts, caching_permitted=False
-            ),
-            output_features={"targets": seqio.Feature(vocab, add_eos=add_eos, dtype=tf.int32)},
-            preprocessors=[
-                functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
-                functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
-                seqio.preprocessors.append_eos,
-            ],
-            shuffle_buffer_size=shuffle_buffer_size,
-        )
+    return _add(
+        seqio.TaskRegistry, full, overwrite,
+        source=_function_source(_text_dataset_fn(full, splits, documents), splits, counts),
+        output_features={"targets": seqio.Feature(vocab, add_eos=add_eos, dtype=tf.int32)},
+        preprocessors=[
+            functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+            functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+            seqio.preprocessors.append_eos,
+        ],
+        shuffle_buffer_size=shuffle_buffer_size,
+    )
 
-    return _add(seqio.TaskRegistry, full, make, overwrite)
+
+def _text_dataset_fn(full: str, splits: list[str], documents: Callable[[str], Iterator[str]]):
+    """The seqio dataset_fn of text task `full`: `{"text": document}` for each of `documents(split)`, in
+    order (the Task's shuffle buffer shuffles). Documents cross from Python in chunks of 256 (a tf.data
+    element per document costs ~100 us)."""
+    _, tf = import_seqio()
+
+    def chunks(split: str) -> Iterator[list[str]]:
+        docs = documents(split)
+        return iter(lambda: list(itertools.islice(docs, 256)), [])
+
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
+        del shuffle_files, seed
+        if split not in splits:
+            raise ValueError(f"task '{full}' has no split '{split}' (splits: {splits})")
+        ds = tf.data.Dataset.from_generator(
+            lambda: chunks(split), output_signature=tf.TensorSpec((None,), tf.string)
+        ).unbatch()
+        return ds.map(_no_autograph(lambda t: {"text": t}))
+
+    return dataset_fn
 
 
 def register_puzzle_task(
@@ -390,7 +383,6 @@ def register_puzzle_task(
     full name. Examples: `inputs`, `targets` int32 [L] (-100 where unsupervised), `puzzle_identifiers` int32
     []."""
     seqio, tf = import_seqio()
-    from attractor_jax.data.puzzles.common import IGNORE_LABEL_ID
     from attractor_jax.data.puzzles.reader import load_puzzle_split
 
     full = _full_name(name)
@@ -408,22 +400,6 @@ def register_puzzle_task(
     L, V = seq_len.pop(), vocab.pop()
     n_ids = max(m.metadata.num_puzzle_identifiers for m in metas.values())
     counts = {s: m.num_examples for s, m in metas.items()}
-
-    def chunks(split: str, chunk: int = 4096) -> Iterator[dict[str, np.ndarray]]:
-        d = load_puzzle_split(root, split, set_name)
-        ignore = d.metadata.ignore_label_id
-        for lo in range(0, d.num_examples, chunk):
-            hi = min(lo + chunk, d.num_examples)
-            labels = np.asarray(d.labels[lo:hi], np.int32)
-            if ignore is not None:
-                labels[labels == ignore] = IGNORE_LABEL_ID
-            puz = np.searchsorted(d.puzzle_indices, np.arange(lo, hi), side="right") - 1
-            yield {
-                "inputs": np.asarray(d.inputs[lo:hi], np.int32),
-                "targets": labels,
-                "puzzle_identifiers": d.puzzle_identifiers[puz].astype(np.int32),
-            }
-
     spec = {
         "inputs": tf.TensorSpec((None, L), tf.int32),
         "targets": tf.TensorSpec((None, L), tf.int32),
@@ -432,25 +408,39 @@ def register_puzzle_task(
 
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
         del shuffle_files, seed
-        return tf.data.Dataset.from_generator(lambda: chunks(split), output_signature=spec).unbatch()
+        chunks = functools.partial(_puzzle_chunks, root, split, set_name)
+        return tf.data.Dataset.from_generator(chunks, output_signature=spec).unbatch()
 
-    def make():
-        feat = functools.partial(seqio.Feature, add_eos=False, dtype=tf.int32)
-        seqio.TaskRegistry.add(
-            full,
-            source=_source_class()(
-                dataset_fn, splits=splits, num_input_examples=counts, caching_permitted=False
-            ),
-            output_features={
-                "inputs": feat(seqio.PassThroughVocabulary(V)),
-                "targets": feat(seqio.PassThroughVocabulary(V)),
-                "puzzle_identifiers": feat(seqio.PassThroughVocabulary(max(n_ids, 1)), rank=0),
-            },
-            preprocessors=[],
-            shuffle_buffer_size=shuffle_buffer_size,
-        )
+    feat = functools.partial(seqio.Feature, add_eos=False, dtype=tf.int32)
+    features = {
+        "inputs": feat(seqio.PassThroughVocabulary(V)),
+        "targets": feat(seqio.PassThroughVocabulary(V)),
+        "puzzle_identifiers": feat(seqio.PassThroughVocabulary(max(n_ids, 1)), rank=0),
+    }
+    return _add(seqio.TaskRegistry, full, overwrite, source=_function_source(dataset_fn, splits, counts),
+                output_features=features, preprocessors=[], shuffle_buffer_size=shuffle_buffer_size)
 
-    return _add(seqio.TaskRegistry, full, make, overwrite)
+
+def _puzzle_chunks(root: pathlib.Path, split: str, set_name: str | None, chunk: int = 4096
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """The examples of a built puzzle split in stored order, `chunk` at a time, as int32 `inputs`, `targets`
+    (IGNORE_LABEL_ID where the label is the dataset's ignore_label_id) and `puzzle_identifiers`."""
+    from attractor_jax.data.puzzles.common import IGNORE_LABEL_ID
+    from attractor_jax.data.puzzles.reader import load_puzzle_split
+
+    d = load_puzzle_split(root, split, set_name)
+    ignore = d.metadata.ignore_label_id
+    for lo in range(0, d.num_examples, chunk):
+        hi = min(lo + chunk, d.num_examples)
+        labels = np.asarray(d.labels[lo:hi], np.int32)
+        if ignore is not None:
+            labels[labels == ignore] = IGNORE_LABEL_ID
+        puz = np.searchsorted(d.puzzle_indices, np.arange(lo, hi), side="right") - 1
+        yield {
+            "inputs": np.asarray(d.inputs[lo:hi], np.int32),
+            "targets": labels,
+            "puzzle_identifiers": d.puzzle_identifiers[puz].astype(np.int32),
+        }
 
 
 def register_mixture(
@@ -478,10 +468,7 @@ def register_mixture(
     if not members:
         raise ValueError(f"mixture '{full}' needs at least one task")
 
-    def make():
-        seqio.MixtureRegistry.add(full, members, default_rate=default_rate)
-
-    return _add(seqio.MixtureRegistry, full, make, overwrite)
+    return _add(seqio.MixtureRegistry, full, overwrite, members, default_rate=default_rate)
 
 
 def register_tasks(
@@ -651,34 +638,23 @@ class SeqioIterator(grain.DatasetIterator):
 
     # -- lm ------------------------------------------------------------------------------------------
     def _refill(self) -> bool:
+        """Load the next chunk of examples (after a (re)start, the first one skipping the `_offset` tokens
+        already consumed of it); False at the end of the data."""
         if self._done:
             return False
-        if self._it is None:
+        restart = self._it is None
+        if restart:
             self._it = iter(self._make_dataset(self._examples).as_numpy_iterator())
-            self._base, self._buf, self._ends, self._pos = (
-                self._examples,
-                np.zeros((0,), np.int32),
-                np.zeros((0,), np.int64),
-                0,
-            )
-            first = next(self._it, None)
-            if first is None:
-                self._done = True
-                return False
-            self._set_chunk(first, skip=self._offset)
-            return True
-        nxt = next(self._it, None)
-        if nxt is None:
+            self._base, self._ends = self._examples, np.zeros((0,), np.int64)
+        chunk = next(self._it, None)
+        if chunk is None:
             self._done = True
             return False
         self._base += len(self._ends)
-        self._set_chunk(nxt, skip=0)
-        return True
-
-    def _set_chunk(self, chunk: dict[str, np.ndarray], skip: int) -> None:
         self._buf = np.asarray(chunk["values"], np.int32)
         self._ends = np.cumsum(chunk["lengths"]).astype(np.int64)
-        self._pos = skip
+        self._pos = self._offset if restart else 0
+        return True
 
     def _sync_position(self) -> None:
         """(examples consumed, offset into the next one) from the chunk position."""
@@ -698,8 +674,7 @@ class SeqioIterator(grain.DatasetIterator):
             filled += take
             self._pos += take
         self._sync_position()
-        rows = out.reshape(self._b, self._row)
-        return {"inputs": np.ascontiguousarray(rows[:, :-1]), "targets": np.ascontiguousarray(rows[:, 1:])}
+        return lm_batch(out.reshape(self._b, self._row))
 
     # -- puzzles ---------------------------------------------------------------------------------------
     def _next_puzzle(self) -> dict[str, np.ndarray]:
@@ -763,51 +738,65 @@ class SeqioIterator(grain.DatasetIterator):
         )
 
 
-def _dataset_factory(
-    provider,
-    *,
-    split: str,
-    shuffle: bool,
-    seed: int,
-    num_epochs: int | None,
-    process_index: int,
-    process_count: int,
-    passthrough: Sequence[str] = (),
-):
-    seqio, _ = import_seqio()
-    shard = seqio.ShardInfo(process_index, process_count) if process_count > 1 else None
-    kwargs: dict[str, Any] = dict(
-        sequence_length=None,
-        split=split,
-        use_cached=False,
-        shuffle=shuffle,
-        seed=seed,
-        shard_info=shard,
-        num_epochs=num_epochs,
-    )
-    if isinstance(provider, seqio.Mixture) and passthrough:
-        kwargs["passthrough_features"] = list(passthrough)
+@dataclasses.dataclass(frozen=True)
+class _Bridge:
+    """The checked arguments of a seqio bridge (`make_seqio_pipeline`, `make_seqio_puzzle_pipeline`)."""
 
-    def make(skip: int):
-        ds = provider.get_dataset(**kwargs)
-        return ds.skip(skip) if skip else ds
+    name: str
+    split: str
+    provider: Any
+    batch_size: int
+    seed: int
+    process_index: int
+    process_count: int
+    shuffle: bool = False
+    num_epochs: int | None = None
 
-    return make
+    @property
+    def local_batch(self) -> int:
+        return self.batch_size // self.process_count
+
+    def datasets(self, passthrough: Sequence[str] = ()) -> Callable[[int], Any]:
+        """make(skip): the split as this process reads it (`seqio.ShardInfo`), its first `skip` examples
+        skipped; `passthrough` features survive a Mixture."""
+        seqio, _ = import_seqio()
+        shard = seqio.ShardInfo(self.process_index, self.process_count) if self.process_count > 1 else None
+        kwargs: dict[str, Any] = dict(sequence_length=None, split=self.split, use_cached=False,
+                                      shuffle=self.shuffle, seed=self.seed, shard_info=shard,
+                                      num_epochs=self.num_epochs)
+        if isinstance(self.provider, seqio.Mixture) and passthrough:
+            kwargs["passthrough_features"] = list(passthrough)
+
+        def make(skip: int):
+            ds = self.provider.get_dataset(**kwargs)
+            return ds.skip(skip) if skip else ds
+
+        return make
+
+    def iterator(self, make: Callable[[int], Any], kind: str, fields: dict, **kw: Any) -> SeqioIterator:
+        """The SeqioIterator over `make`, its fingerprint the bridge's arguments and `fields`."""
+        config = {"kind": kind, "name": self.name, "split": self.split, **fields,
+                  "batch_size": self.batch_size, "seed": self.seed, "shuffle": self.shuffle,
+                  "num_epochs": self.num_epochs, "process_index": self.process_index,
+                  "process_count": self.process_count}
+        it = SeqioIterator(make, local_batch=self.local_batch, config=config, **kw)
+        it.provider, it.batch_size, it.local_batch_size = self.provider, self.batch_size, self.local_batch
+        it.num_batches = None
+        return it
 
 
-def _open_provider(name, split, batch_size, seed, process_index, process_count):
-    """Checked arguments of a seqio pipeline: ``(tf, provider, batch_size, seed, process_index,
-    process_count)``; the global batch must split evenly over the processes and the split must exist."""
-    _, tf = import_seqio()
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
-    pidx, pcount = _resolve_process(process_index, process_count)
-    if batch_size % pcount:
-        raise ValueError(f"batch_size={batch_size} is invalid: expected a multiple of process_count={pcount}")
+def _open_provider(name, split, batch_size, seed, process_index, process_count) -> _Bridge:
+    """The checked arguments of a seqio pipeline; the global batch must split evenly over the processes and
+    the split must exist."""
+    import_seqio()
+    batch_size = check_int("batch_size", batch_size, 1)
+    seed = check_int("seed", seed, 0)
+    pidx, pcount = resolve_process(process_index, process_count)
+    local_batch_size(batch_size, pcount)
     provider = get_provider(name)
     if split not in provider.splits:
         raise ValueError(f"seqio provider '{name}' has no split '{split}' (splits: {list(provider.splits)})")
-    return tf, provider, batch_size, seed, pidx, pcount
+    return _Bridge(name, split, provider, batch_size, seed, pidx, pcount)
 
 
 def make_seqio_pipeline(
@@ -827,25 +816,17 @@ def make_seqio_pipeline(
     Task or Mixture `name` (its `feature` token sequences). shuffle: default True for "train". num_epochs:
     default None (repeat forever) for "train", else 1 (a final partial batch is dropped). batch_size is
     global; process p of P reads `seqio.ShardInfo(p, P)`."""
-    seq_len = _check_int("seq_len", seq_len, 1)
-    tf, provider, batch_size, seed, pidx, pcount = _open_provider(name, split, batch_size, seed, process_index,
-                                                                  process_count)
-    feat = _check_feature(provider, feature, 1)
-    if shuffle is None:
-        shuffle = split == "train"
+    seq_len = check_int("seq_len", seq_len, 1)
+    bridge = _open_provider(name, split, batch_size, seed, process_index, process_count)
+    feat = _check_feature(bridge.provider, feature, 1)
     if num_epochs is None and split != "train":
         num_epochs = 1
     if num_epochs is not None:
-        num_epochs = _check_int("num_epochs", num_epochs, 1)
-    base = _dataset_factory(
-        provider,
-        split=split,
-        shuffle=bool(shuffle),
-        seed=seed,
-        num_epochs=num_epochs,
-        process_index=pidx,
-        process_count=pcount,
-    )
+        num_epochs = check_int("num_epochs", num_epochs, 1)
+    shuffle = split == "train" if shuffle is None else bool(shuffle)
+    bridge = dataclasses.replace(bridge, shuffle=shuffle, num_epochs=num_epochs)
+    base = bridge.datasets()
+    _, tf = import_seqio()
 
     @tf.autograph.experimental.do_not_convert
     def to_chunk(r):
@@ -859,28 +840,9 @@ def make_seqio_pipeline(
         ds = base(skip).map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.ragged_batch(_CHUNK).map(to_chunk).prefetch(tf.data.AUTOTUNE)
 
-    config = {
-        "kind": "seqio-lm",
-        "name": name,
-        "split": split,
-        "feature": feature,
-        "vocab": _vocab_id(feat.vocabulary),
-        "seq_len": seq_len,
-        "batch_size": batch_size,
-        "seed": seed,
-        "shuffle": bool(shuffle),
-        "num_epochs": num_epochs,
-        "process_index": pidx,
-        "process_count": pcount,
-    }
-    it = SeqioIterator(make, mode="lm", local_batch=batch_size // pcount, seq_len=seq_len, config=config)
-    it.provider, it.seq_len, it.batch_size, it.local_batch_size = (
-        provider,
-        seq_len,
-        batch_size,
-        batch_size // pcount,
-    )
-    it.num_batches, it.vocabulary = None, feat.vocabulary
+    fields = {"feature": feature, "vocab": _vocab_id(feat.vocabulary), "seq_len": seq_len}
+    it = bridge.iterator(make, "seqio-lm", fields, mode="lm", seq_len=seq_len)
+    it.seq_len, it.vocabulary = seq_len, feat.vocabulary
     return it
 
 
@@ -899,25 +861,15 @@ def make_seqio_puzzle_pipeline(
     shaped as `make_puzzle_pipeline`'s: `inputs`, `labels` int32 [b, L], `puzzle_identifiers` int32 [b],
     `mask` bool [b]. shuffle: default True for "train" (seqio's shuffle buffer, not TRM's group sampling).
     num_epochs: default None (repeat) when shuffling, else 1, with the final batch padded (mask False)."""
-    tf, provider, batch_size, seed, pidx, pcount = _open_provider(name, split, batch_size, seed, process_index,
-                                                                  process_count)
+    bridge = _open_provider(name, split, batch_size, seed, process_index, process_count)
     for f in ("inputs", "targets"):
-        _check_feature(provider, f, 1)
-    if shuffle is None:
-        shuffle = split == "train"
+        _check_feature(bridge.provider, f, 1)
+    shuffle = split == "train" if shuffle is None else bool(shuffle)
     if num_epochs is None and not shuffle:
         num_epochs = 1
-    local = batch_size // pcount
-    base = _dataset_factory(
-        provider,
-        split=split,
-        shuffle=bool(shuffle),
-        seed=seed,
-        num_epochs=num_epochs,
-        process_index=pidx,
-        process_count=pcount,
-        passthrough=("puzzle_identifiers",),
-    )
+    bridge = dataclasses.replace(bridge, shuffle=shuffle, num_epochs=num_epochs)
+    base = bridge.datasets(passthrough=("puzzle_identifiers",))
+    _, tf = import_seqio()
     keys = ("inputs", "targets", "puzzle_identifiers")
 
     @tf.autograph.experimental.do_not_convert
@@ -926,23 +878,9 @@ def make_seqio_puzzle_pipeline(
 
     def make(skip: int):
         ds = base(skip).map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(local).prefetch(tf.data.AUTOTUNE)
+        return ds.batch(bridge.local_batch).prefetch(tf.data.AUTOTUNE)
 
-    config = {
-        "kind": "seqio-puzzle",
-        "name": name,
-        "split": split,
-        "batch_size": batch_size,
-        "seed": seed,
-        "shuffle": bool(shuffle),
-        "num_epochs": num_epochs,
-        "process_index": pidx,
-        "process_count": pcount,
-    }
-    it = SeqioIterator(
-        make, mode="puzzle", local_batch=local, seq_len=None, config=config, pad_final=not shuffle
-    )
-    it.provider, it.batch_size, it.local_batch_size, it.num_batches = provider, batch_size, local, None
+    it = bridge.iterator(make, "seqio-puzzle", {}, mode="puzzle", seq_len=None, pad_final=not shuffle)
     it.split = split
     return it
 
@@ -952,18 +890,18 @@ def make_seqio_puzzle_pipeline(
 # ----------------------------------------------------------------------------------------------------
 
 
+def _resolve_data_spec(data: Any) -> str:
+    """`resolve_seqio_spec` of a trainer DataConfig: its path, tokenizer, validation split and text field."""
+    return resolve_seqio_spec(data.path, tokenizer=data.tokenizer, val_fraction=data.val_fraction,
+                              val_path=data.val_path, text_field=data.text_field)
+
+
 def check_seqio_data(data: Any, *, seq_len: int, batch_size: int) -> int:
     """Validate a `seqio:` data config (the trainer's DataConfig) before anything is written; returns the
     vocabulary size of the `targets` feature. Registers `seqio:attractor_jax.text:PATH` tasks."""
-    _check_int("seq_len", seq_len, 1)
-    _check_int("batch_size", batch_size, 1)
-    name = resolve_seqio_spec(
-        data.path,
-        tokenizer=data.tokenizer,
-        val_fraction=data.val_fraction,
-        val_path=data.val_path,
-        text_field=data.text_field,
-    )
+    check_int("seq_len", seq_len, 1)
+    check_int("batch_size", batch_size, 1)
+    name = _resolve_data_spec(data)
     provider = get_provider(name)
     if "train" not in provider.splits:
         raise ValueError(f"seqio provider '{name}' has no 'train' split (splits: {list(provider.splits)})")
@@ -974,13 +912,7 @@ def make_seqio_pipelines(data: Any, train: Any, process_index: int, process_coun
     """`(train_it, val_batches_fn)` for the trainer from `data.path = "seqio:..."`; the validation batches are
     the first `train.eval_batches` of the provider's "validation" split (none when it has no such split or the
     split is empty)."""
-    name = resolve_seqio_spec(
-        data.path,
-        tokenizer=data.tokenizer,
-        val_fraction=data.val_fraction,
-        val_path=data.val_path,
-        text_field=data.text_field,
-    )
+    name = _resolve_data_spec(data)
     common = dict(
         seq_len=train.seq_len,
         batch_size=train.batch_size,

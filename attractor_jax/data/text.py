@@ -43,7 +43,6 @@ disjoint.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import glob
 import gzip
@@ -53,21 +52,35 @@ import json
 import math
 import os
 import pathlib
-import sys
-import threading
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import grain
 import numpy as np
 
+from attractor_jax.data.common import (
+    BatchSource,
+    GrainWrapper,
+    LruCache,
+    check_int,
+    check_state_fingerprint,
+    import_optional,
+    lm_batch,
+    local_batch_size,
+    prefetching_iterator,
+    resolve_process,
+)
 from attractor_jax.data.tokenizers import ByteTokenizer, Tokenizer, make_tokenizer
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
     "TextCorpusStats",
     "TextIterator",
+    "check_val_options",
+    "iter_file_documents",
+    "keyed_documents",
     "make_text_pipeline",
     "resolve_text_files",
+    "split_documents",
     "text_corpus_stats",
 ]
 
@@ -158,8 +171,8 @@ def _open_text(path: pathlib.Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", errors="replace")
 
 
-def _iter_file_documents(path: pathlib.Path, text_field: str, doc_separator: str | None) -> Iterator[str]:
-    """Documents of one file, in file order."""
+def iter_file_documents(path: pathlib.Path, text_field: str, doc_separator: str | None) -> Iterator[str]:
+    """Documents of one text file (a supported suffix), in file order; empty documents are dropped."""
     suf = _suffix(path.name)
     if suf in (".txt", ".txt.gz"):
         with _open_text(path) as f:
@@ -187,12 +200,8 @@ def _iter_file_documents(path: pathlib.Path, text_field: str, doc_separator: str
                 if text.strip():
                     yield text
     elif suf == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as e:
-            raise ImportError(
-                f"reading '{path}' needs the 'pyarrow' package (pip install pyarrow, or attractor_jax[text])"
-            ) from e
+        pq = import_optional("pyarrow.parquet", f"reading '{path}' needs the 'pyarrow' package (pip install "
+                             "pyarrow, or attractor_jax[text])")
         pf = pq.ParquetFile(path)
         names = pf.schema_arrow.names
         if text_field not in names:
@@ -203,6 +212,19 @@ def _iter_file_documents(path: pathlib.Path, text_field: str, doc_separator: str
                     yield text
     else:  # resolve_text_files only lets supported suffixes through
         raise ValueError(f"unsupported text file '{path}': expected one of {', '.join(SUPPORTED_SUFFIXES)}")
+
+
+def keyed_documents(
+    files: Sequence[pathlib.Path],
+    text_field: str,
+    doc_separator: str | None,
+    order: Iterable[int] | None = None,
+) -> Iterator[tuple[int, str]]:
+    """(key, document) of the files taken in `order` (default: file order). Document i of file f has the key
+    i + f, which the streaming validation split (and seqio's) tests."""
+    for f in range(len(files)) if order is None else order:
+        for i, text in enumerate(iter_file_documents(files[int(f)], text_field, doc_separator)):
+            yield i + int(f), text
 
 
 def _parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
@@ -219,13 +241,8 @@ def _parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
 def _open_hf_dataset(spec: str, text_field: str):
     """Open a streaming Hugging Face dataset (this contacts the hub once, here, so that errors come early)."""
     repo, config, hf_split = _parse_hf_spec(spec)
-    try:
-        import datasets
-    except ImportError as e:
-        raise ImportError(
-            f"'{spec}' is a Hugging Face dataset: install the 'datasets' package "
-            "(pip install datasets, or attractor_jax[hf])"
-        ) from e
+    datasets = import_optional("datasets", f"'{spec}' is a Hugging Face dataset: install the 'datasets' "
+                               "package (pip install datasets, or attractor_jax[hf])")
     try:
         ds = datasets.load_dataset(repo, name=config, split=hf_split, streaming=True)
     except Exception as e:  # network, auth, a typo in the name: all surface here
@@ -295,9 +312,7 @@ def _tokenize_documents(docs: list[str], tok: Tokenizer) -> _Corpus:
     return _Corpus(tokens, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
 
 
-_CORPUS_CACHE: collections.OrderedDict[Any, _Corpus] = collections.OrderedDict()
-_CORPUS_CACHE_SIZE = 2
-_CORPUS_LOCK = threading.Lock()
+_CORPUS_CACHE = LruCache(2)
 
 
 def _tokenizer_key(tok: Tokenizer) -> Any:
@@ -315,31 +330,20 @@ def _load_corpus(
     files: list[pathlib.Path], tok: Tokenizer, text_field: str, doc_separator: str | None
 ) -> _Corpus:
     """Read and tokenise every file (cached per process on file identity, tokenizer and options)."""
+
+    def read() -> _Corpus:
+        docs = [d for f in files for d in iter_file_documents(f, text_field, doc_separator)]
+        if not docs:
+            names = ", ".join(str(f) for f in files[:3]) + (" ..." if len(files) > 3 else "")
+            raise ValueError(f"text data {names} contains no documents (every file or record is empty)")
+        return _tokenize_documents(docs, tok)
+
     tkey = _tokenizer_key(tok)
-    key = None
-    if tkey is not None:
-        ident = []
-        for f in files:
-            st = f.stat()
-            ident.append((str(f.resolve()), st.st_size, st.st_mtime_ns))
-        key = (tuple(ident), tkey, text_field, doc_separator)
-        with _CORPUS_LOCK:
-            if key in _CORPUS_CACHE:
-                _CORPUS_CACHE.move_to_end(key)
-                return _CORPUS_CACHE[key]
-    docs: list[str] = []
-    for f in files:
-        docs.extend(_iter_file_documents(f, text_field, doc_separator))
-    if not docs:
-        names = ", ".join(str(f) for f in files[:3]) + (" ..." if len(files) > 3 else "")
-        raise ValueError(f"text data {names} contains no documents (every file or record is empty)")
-    corpus = _tokenize_documents(docs, tok)
-    if key is not None:
-        with _CORPUS_LOCK:
-            _CORPUS_CACHE[key] = corpus
-            while len(_CORPUS_CACHE) > _CORPUS_CACHE_SIZE:
-                _CORPUS_CACHE.popitem(last=False)
-    return corpus
+    if tkey is None:
+        return read()
+    stats = [(f, f.stat()) for f in files]
+    ident = tuple((str(f.resolve()), st.st_size, st.st_mtime_ns) for f, st in stats)
+    return _CORPUS_CACHE.get((ident, tkey, text_field, doc_separator), read)
 
 
 def _split_corpus(corpus: _Corpus, split: str, val_fraction: float) -> _Corpus:
@@ -384,51 +388,27 @@ class TextCorpusStats:
 # ----------------------------------------------------------------------------------------------------
 
 
-class _PackedBatches:
+class _PackedBatches(BatchSource):
     """Random-access source whose element k is process-local batch k (the maths: module docstring)."""
 
-    def __init__(
-        self,
-        corpus: _Corpus,
-        *,
-        seq_len: int,
-        global_batch: int,
-        local_batch: int,
-        offset: int,
-        seed: int,
-        shuffle: bool,
-        num_batches: int | None,
-    ):
+    def __init__(self, corpus: _Corpus, *, seq_len: int, seed: int, shuffle: bool, **batching: Any):
+        super().__init__(**batching)
         self._tokens = corpus.tokens
         self._starts = corpus.starts
         self._n = corpus.num_tokens
         self._row = seq_len + 1
         self._rows_per_epoch = math.ceil(self._n / self._row)
-        self._B, self._b, self._offset = global_batch, local_batch, offset
         self._seed, self._shuffle = seed, shuffle
-        self._len = sys.maxsize if num_batches is None else num_batches
         self._arange = np.arange(self._row, dtype=np.int64)
-        self._tables: collections.OrderedDict[int, tuple] = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self._tables = LruCache(2)  # a batch spans at most two epochs
 
-    def __len__(self) -> int:
-        return self._len
-
-    def _epoch_tables(self, epoch: int):
-        with self._lock:
-            if epoch in self._tables:
-                return self._tables[epoch]
+    def _epoch_tables(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(document permutation, row permutation, start of each permuted document in the epoch's stream)."""
         rng = np.random.default_rng([self._seed, epoch])
         doc_perm = rng.permutation(self._starts.shape[0] - 1)
         row_perm = rng.permutation(self._rows_per_epoch)
         lengths = np.diff(self._starts)[doc_perm]
-        cum = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        tables = (doc_perm, row_perm, cum)
-        with self._lock:
-            self._tables[epoch] = tables
-            while len(self._tables) > 2:
-                self._tables.popitem(last=False)
-        return tables
+        return doc_perm, row_perm, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
     def rows(self, global_rows: np.ndarray) -> np.ndarray:
         """Token rows [len(global_rows), seq_len+1] for global row indices."""
@@ -438,7 +418,7 @@ class _PackedBatches:
             sel = epochs == e
             r = within[sel]
             if self._shuffle:
-                doc_perm, row_perm, cum = self._epoch_tables(int(e))
+                doc_perm, row_perm, cum = self._tables.get(int(e), lambda: self._epoch_tables(int(e)))
                 pos = (row_perm[r][:, None] * self._row + self._arange) % self._n
                 q = np.searchsorted(cum, pos, side="right") - 1
                 flat = self._starts[doc_perm[q]] + (pos - cum[q])
@@ -447,13 +427,8 @@ class _PackedBatches:
             out[sel] = self._tokens[flat]
         return out
 
-    def __getitem__(self, k: int) -> dict[str, np.ndarray]:
-        k = int(k)
-        if not 0 <= k < self._len:
-            raise IndexError(f"batch index {k} out of range [0, {self._len})")
-        start = k * self._B + self._offset
-        rows = self.rows(np.arange(start, start + self._b, dtype=np.int64))
-        return {"inputs": np.ascontiguousarray(rows[:, :-1]), "targets": np.ascontiguousarray(rows[:, 1:])}
+    def batch(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+        return lm_batch(self.rows(positions))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -482,41 +457,15 @@ class TextIterator(grain.DatasetIterator):
     num_batches: int | None
     config: dict[str, Any]
 
-    def _check_config(self, state: dict[str, Any]) -> None:
-        check_state_fingerprint(self.config, state, "text")
-
-
-def check_state_fingerprint(config: dict[str, Any], state: Any, kind: str, required: tuple = ("config",)) -> None:
-    """Raise ValueError unless ``state`` is a dict with ``required`` keys whose ``config`` equals ``config``
-    (a pipeline's fingerprint): restoring another pipeline's position must fail loudly, not resume wrong."""
-    if not isinstance(state, dict) or any(k not in state for k in required):
-        raise ValueError(f"not a {kind}-pipeline iterator state: expected a dict with keys {list(required)}, "
-                         f"got {state!r}")
-    saved = state["config"]
-    diff = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
-    if diff:
-        detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(f"data iterator state belongs to a different {kind} pipeline ({detail})")
-
-
-class _MapTextIterator(TextIterator):
-    """Wraps grain's prefetching iterator over the `_PackedBatches` MapDataset."""
-
-    def __init__(self, parent: grain.DatasetIterator):
-        super().__init__(parent)
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        return next(self._parent)
-
-    def get_state(self) -> dict[str, Any]:
-        return {"grain": self._parent.get_state(), "config": dict(self.config)}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._check_config(state)
-        self._parent.set_state(state["grain"])
+    state_kind = "text"
 
     def __str__(self) -> str:
-        return f"TextIterator(map, seq_len={self.seq_len}, batch={self.local_batch_size}/{self.batch_size})"
+        batch = f"{self.local_batch_size}/{self.batch_size}"
+        return f"TextIterator({self.config['mode']}, seq_len={self.seq_len}, batch={batch})"
+
+
+class _MapTextIterator(GrainWrapper, TextIterator):
+    """Wraps grain's prefetching iterator over the `_PackedBatches` MapDataset."""
 
 
 class _StreamTextIterator(TextIterator):
@@ -585,8 +534,7 @@ class _StreamTextIterator(TextIterator):
             if self._offset == self._cur.shape[0]:
                 self._cur, self._doc, self._offset = None, self._doc + 1, 0
         self._batches += 1
-        rows = out.reshape(self._b, self._row)
-        return {"inputs": np.ascontiguousarray(rows[:, :-1]), "targets": np.ascontiguousarray(rows[:, 1:])}
+        return lm_batch(out.reshape(self._b, self._row))
 
     def get_state(self) -> dict[str, Any]:
         return {
@@ -598,15 +546,10 @@ class _StreamTextIterator(TextIterator):
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._check_config(state)
+        check_state_fingerprint(self.config, state, self.state_kind)
         self._epoch, self._doc = int(state["epoch"]), int(state["doc"])
         self._offset, self._batches = int(state["offset"]), int(state["batches"])
         self._docs, self._cur = None, None
-
-    def __str__(self) -> str:
-        return (
-            f"TextIterator(stream, seq_len={self.seq_len}, batch={self.local_batch_size}/{self.batch_size})"
-        )
 
 
 def _shuffle_buffer(docs: Iterable[str], size: int, rng: np.random.Generator) -> Iterator[str]:
@@ -623,27 +566,39 @@ def _shuffle_buffer(docs: Iterable[str], size: int, rng: np.random.Generator) ->
         yield buf[int(i)]
 
 
-def _make_doc_stream(
-    raw: Callable[[int], Iterable[tuple[int, str]]],
-    *,
-    split: str,
-    val_every: int | None,
-    seed: int,
-    shuffle: bool,
-    shuffle_buffer: int,
-    process_index: int,
-    process_count: int,
-) -> Callable[[int], Iterator[str]]:
-    """Validation filter on stable document keys, then round-robin host sharding, then a shuffle buffer."""
+def _raw_documents(a: _TextArgs) -> Callable[[int], Iterator[tuple[int, str]]]:
+    """(key, document) of one epoch of a streamed source: a hub dataset in its fixed order, files in a
+    per-epoch order when shuffling (keys: `keyed_documents`)."""
+    if _is_hf(a.source):
+        hf_ds = _open_hf_dataset(os.fspath(a.source), a.text_field)
+
+        def hub_epoch(epoch: int) -> Iterator[tuple[int, str]]:
+            del epoch  # the shuffle buffer reshuffles per epoch; the hub order is fixed
+            for i, ex in enumerate(hf_ds):
+                text = ex.get(a.text_field)
+                if isinstance(text, str) and text.strip():
+                    yield i, text
+
+        return hub_epoch
+    files = resolve_text_files(a.source)
+
+    def files_epoch(epoch: int) -> Iterator[tuple[int, str]]:
+        order = np.random.default_rng([a.seed, epoch, 1]).permutation(len(files)) if a.shuffle else None
+        yield from keyed_documents(files, a.text_field, a.doc_separator, order)
+
+    return files_epoch
+
+
+def _make_doc_stream(a: _TextArgs, shuffle_buffer: int) -> Callable[[int], Iterator[str]]:
+    """This process's documents of an epoch: the validation filter on stable document keys, then round-robin
+    host sharding, then a shuffle buffer."""
+    raw = _raw_documents(a)
 
     def stream(epoch: int) -> Iterator[str]:
-        docs: Iterable[tuple[int, str]] = raw(epoch)
-        if val_every is not None:
-            want_val = split == "validation"
-            docs = (kd for kd in docs if (kd[0] % val_every == val_every - 1) == want_val)
-        mine = (text for i, (_, text) in enumerate(docs) if i % process_count == process_index)
-        if shuffle and shuffle_buffer > 1:
-            rng = np.random.default_rng([seed, epoch, 2, process_index])
+        docs = split_documents(raw(epoch), a.split, a.val_fraction)
+        mine = (text for i, (_, text) in enumerate(docs) if i % a.process_count == a.process_index)
+        if a.shuffle and shuffle_buffer > 1:
+            rng = np.random.default_rng([a.seed, epoch, 2, a.process_index])
             return _shuffle_buffer(mine, shuffle_buffer, rng)
         return iter(mine)
 
@@ -655,29 +610,64 @@ def _make_doc_stream(
 # ----------------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r} is invalid: expected an integer >= {minimum}")
-    return int(value)
+@dataclasses.dataclass(frozen=True)
+class _TextArgs:
+    """The checked arguments of `make_text_pipeline` that its two modes share."""
 
+    source: PathSpec
+    split: str
+    val_fraction: float
+    tokenizer: Tokenizer
+    seq_len: int
+    batch_size: int
+    local_batch: int
+    process_index: int
+    process_count: int
+    seed: int
+    shuffle: bool
+    num_epochs: int | None
+    text_field: str
+    doc_separator: str | None
 
-def _resolve_process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-    if process_index is None or process_count is None:
-        import jax
-
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
-    process_count = _check_int("process_count", process_count, 1)
-    process_index = _check_int("process_index", process_index, 0)
-    if process_index >= process_count:
-        raise ValueError(
-            f"process_index={process_index} is invalid: expected < process_count={process_count}"
-        )
-    return process_index, process_count
+    def fingerprint(self, mode: str) -> dict[str, Any]:
+        """The fields of the iterator-state fingerprint that both modes record."""
+        tok = self.tokenizer
+        return {
+            "mode": mode,
+            "tokenizer": f"{type(tok).__name__}:{tok.vocab_size}:{tok.eos_id}",
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "split": self.split,
+            "val_fraction": self.val_fraction,
+            "text_field": self.text_field,
+            "doc_separator": self.doc_separator,
+        }
 
 
 def _is_hf(path: PathSpec) -> bool:
     return isinstance(path, (str, os.PathLike)) and os.fspath(path).startswith(HF_PREFIX)
+
+
+def check_val_options(val_fraction: float, val_path: PathSpec | None) -> None:
+    """ValueError unless `val_fraction` is a number in [0, 1), given only without a `val_path`."""
+    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
+        raise ValueError(f"val_fraction={val_fraction!r} is invalid: expected a number in [0, 1)")
+    if val_path is not None and val_fraction > 0:
+        raise ValueError("give either val_fraction or val_path, not both")
+
+
+def split_documents(keyed: Iterable[tuple[int, str]], split: str, val_fraction: float
+                    ) -> Iterator[tuple[int, str]]:
+    """The (key, document) pairs of `split` when `val_fraction` of them is held out by key (streaming mode,
+    seqio): with p = round(1/val_fraction), at least 2, key k is a validation document exactly when
+    k mod p == p - 1. All pairs when val_fraction is 0."""
+    if val_fraction <= 0:
+        return iter(keyed)
+    p = max(2, int(round(1.0 / val_fraction)))
+    want_val = split == "validation"
+    return (kd for kd in keyed if (kd[0] % p == p - 1) == want_val)
 
 
 def _select_source(path: PathSpec, split: str, val_fraction: float, val_path: PathSpec | None):
@@ -685,10 +675,7 @@ def _select_source(path: PathSpec, split: str, val_fraction: float, val_path: Pa
     if split not in _SPLITS:
         raise ValueError(f"split={split!r} is invalid: expected one of 'train', 'validation'")
     split = _SPLITS[split]
-    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
-        raise ValueError(f"val_fraction={val_fraction!r} is invalid: expected a number in [0, 1)")
-    if val_path is not None and val_fraction > 0:
-        raise ValueError("give either val_fraction or val_path, not both")
+    check_val_options(val_fraction, val_path)
     if split == "validation":
         if val_path is not None:
             return split, val_path, 0.0
@@ -719,7 +706,7 @@ def text_corpus_stats(
 ) -> TextCorpusStats:
     """Documents, tokens and rows per epoch of one split, for logging. Local sources are tokenised once per
     process (cached, and shared with `make_text_pipeline`); hf:// sources report None."""
-    seq_len = _check_int("seq_len", seq_len, 1)
+    seq_len = check_int("seq_len", seq_len, 1)
     split, source, frac = _select_source(path, split, val_fraction, val_path)
     if _is_hf(source):
         return TextCorpusStats(None, None, None, seq_len)
@@ -768,120 +755,64 @@ def make_text_pipeline(
     process_index / process_count: default to `jax.process_index()` / `jax.process_count()`, which start JAX's
       backend: on multi-host, build the pipeline after `jax.distributed.initialize()` (or pass both).
     """
-    seq_len = _check_int("seq_len", seq_len, 1)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
-    prefetch = _check_int("prefetch", prefetch, 0)
-    shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, 1)
+    seq_len = check_int("seq_len", seq_len, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
+    seed = check_int("seed", seed, 0)
+    prefetch = check_int("prefetch", prefetch, 0)
+    shuffle_buffer = check_int("shuffle_buffer", shuffle_buffer, 1)
     split, source, frac = _select_source(path, split, val_fraction, val_path)
     if num_epochs is not None:
-        num_epochs = _check_int("num_epochs", num_epochs, 1)
+        num_epochs = check_int("num_epochs", num_epochs, 1)
     elif split == "validation":
         num_epochs = 1
-    if shuffle is None:
-        shuffle = split == "train"
-    pidx, pcount = _resolve_process(process_index, process_count)
-    if batch_size % pcount:
-        raise ValueError(f"batch_size={batch_size} is invalid: expected a multiple of process_count={pcount}")
-    local_batch = batch_size // pcount
+    pidx, pcount = resolve_process(process_index, process_count)
+    local_batch = local_batch_size(batch_size, pcount)
     tok = make_tokenizer(tokenizer)
+    shuffle = split == "train" if shuffle is None else bool(shuffle)
+    args = _TextArgs(source, split, frac, tok, seq_len, batch_size, local_batch, pidx, pcount, seed, shuffle,
+                     num_epochs, text_field, doc_separator)
     if streaming is None:
         streaming = _is_hf(source)
-    tok_id = f"{type(tok).__name__}:{tok.vocab_size}:{tok.eos_id}"
-    config: dict[str, Any] = {
-        "mode": "stream" if streaming else "map",
-        "tokenizer": tok_id,
-        "seq_len": seq_len,
-        "batch_size": batch_size,
-        "seed": seed,
-        "shuffle": bool(shuffle),
-        "split": split,
-        "val_fraction": frac,
-        "text_field": text_field,
-        "doc_separator": doc_separator,
-    }
-
-    it: TextIterator
-    if not streaming:
-        if _is_hf(source):
-            raise ValueError(
-                f"'{source}' is a Hugging Face dataset: it can only be streamed (streaming=True)"
-            )
-        corpus = _load_split(source, split, frac, tok, text_field, doc_separator)
-        row = seq_len + 1
-        if corpus.num_tokens < row:
-            raise ValueError(
-                f"seq_len={seq_len} is too long for the {split} split of '{source}': it has "
-                f"{corpus.num_tokens} tokens, expected at least seq_len + 1 = {row}"
-            )
-        rows_per_epoch = math.ceil(corpus.num_tokens / row)
-        num_batches = None if num_epochs is None else (num_epochs * rows_per_epoch) // batch_size
-        if num_batches == 0:
-            raise ValueError(
-                f"batch_size={batch_size} is too large for the {split} split of '{source}': "
-                f"{num_epochs} epoch(s) hold {num_epochs * rows_per_epoch} rows of {row} tokens, "
-                "fewer than one batch"
-            )
-        config.update(num_tokens=corpus.num_tokens, num_documents=corpus.num_documents)
-        src = _PackedBatches(
-            corpus,
-            seq_len=seq_len,
-            global_batch=batch_size,
-            local_batch=local_batch,
-            offset=pidx * local_batch,
-            seed=seed,
-            shuffle=bool(shuffle),
-            num_batches=num_batches,
-        )
-        read = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
-        parent = grain.MapDataset.source(src).to_iter_dataset(read).__iter__()
-        it = _MapTextIterator(parent)
-        stats = TextCorpusStats(corpus.num_documents, corpus.num_tokens, rows_per_epoch, seq_len)
+    if streaming:
+        it, stats, num_batches, extra = _stream_iterator(args, shuffle_buffer)
     else:
-        val_every = max(2, int(round(1.0 / frac))) if frac > 0 else None
-        if _is_hf(source):
-            hf_ds = _open_hf_dataset(os.fspath(source), text_field)
-
-            def raw(epoch: int) -> Iterator[tuple[int, str]]:
-                del epoch  # the shuffle buffer reshuffles per epoch; the hub order is fixed
-                for i, ex in enumerate(hf_ds):
-                    text = ex.get(text_field)
-                    if isinstance(text, str) and text.strip():
-                        yield i, text
-
-        else:
-            files = resolve_text_files(source)
-
-            def raw(epoch: int) -> Iterator[tuple[int, str]]:
-                order = range(len(files))
-                if shuffle:
-                    order = np.random.default_rng([seed, epoch, 1]).permutation(len(files))
-                for fi in order:
-                    for i, text in enumerate(_iter_file_documents(files[int(fi)], text_field, doc_separator)):
-                        yield i + int(fi), text
-
-        doc_stream = _make_doc_stream(
-            raw,
-            split=split,
-            val_every=val_every,
-            seed=seed,
-            shuffle=bool(shuffle),
-            shuffle_buffer=shuffle_buffer,
-            process_index=pidx,
-            process_count=pcount,
-        )
-        config.update(process_index=pidx, process_count=pcount, shuffle_buffer=shuffle_buffer)
-        it = _StreamTextIterator(
-            doc_stream, tok, seq_len=seq_len, local_batch=local_batch, num_epochs=num_epochs
-        )
-        num_batches = None
-        stats = TextCorpusStats(None, None, None, seq_len)
-
+        it, stats, num_batches, extra = _map_iterator(args, prefetch)
     it.stats, it.tokenizer, it.seq_len = stats, tok, seq_len
-    it.batch_size, it.local_batch_size, it.num_batches, it.config = (
-        batch_size,
-        local_batch,
-        num_batches,
-        config,
-    )
+    it.batch_size, it.local_batch_size, it.num_batches = batch_size, local_batch, num_batches
+    it.config = {**args.fingerprint("stream" if streaming else "map"), **extra}
     return it
+
+
+def _map_iterator(a: _TextArgs, prefetch: int) -> tuple[TextIterator, TextCorpusStats, int | None, dict]:
+    """Map mode: (iterator, stats, number of batches, corpus fields of the fingerprint)."""
+    if _is_hf(a.source):
+        raise ValueError(f"'{a.source}' is a Hugging Face dataset: it can only be streamed (streaming=True)")
+    corpus = _load_split(a.source, a.split, a.val_fraction, a.tokenizer, a.text_field, a.doc_separator)
+    row = a.seq_len + 1
+    if corpus.num_tokens < row:
+        raise ValueError(
+            f"seq_len={a.seq_len} is too long for the {a.split} split of '{a.source}': it has "
+            f"{corpus.num_tokens} tokens, expected at least seq_len + 1 = {row}"
+        )
+    rows_per_epoch = math.ceil(corpus.num_tokens / row)
+    num_batches = None if a.num_epochs is None else (a.num_epochs * rows_per_epoch) // a.batch_size
+    if num_batches == 0:
+        raise ValueError(
+            f"batch_size={a.batch_size} is too large for the {a.split} split of '{a.source}': "
+            f"{a.num_epochs} epoch(s) hold {a.num_epochs * rows_per_epoch} rows of {row} tokens, "
+            "fewer than one batch"
+        )
+    src = _PackedBatches(corpus, seq_len=a.seq_len, seed=a.seed, shuffle=a.shuffle, num_batches=num_batches,
+                         global_batch=a.batch_size, local_batch=a.local_batch,
+                         offset=a.process_index * a.local_batch)
+    stats = TextCorpusStats(corpus.num_documents, corpus.num_tokens, rows_per_epoch, a.seq_len)
+    extra = {"num_tokens": corpus.num_tokens, "num_documents": corpus.num_documents}
+    return _MapTextIterator(prefetching_iterator(src, prefetch)), stats, num_batches, extra
+
+
+def _stream_iterator(a: _TextArgs, shuffle_buffer: int) -> tuple[TextIterator, TextCorpusStats, None, dict]:
+    """Streaming mode: (iterator, stats, None, process fields of the fingerprint)."""
+    it = _StreamTextIterator(_make_doc_stream(a, shuffle_buffer), a.tokenizer, seq_len=a.seq_len,
+                             local_batch=a.local_batch, num_epochs=a.num_epochs)
+    extra = dict(process_index=a.process_index, process_count=a.process_count, shuffle_buffer=shuffle_buffer)
+    return it, TextCorpusStats(None, None, None, a.seq_len), None, extra

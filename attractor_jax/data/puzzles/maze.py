@@ -29,27 +29,24 @@ from __future__ import annotations
 import collections
 import hashlib
 import heapq
-import multiprocessing
 import os
 import pathlib
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from attractor_jax.data.common import check_int
 from attractor_jax.data.puzzles.common import (
+    CsvGrids,
+    Draw,
     PuzzleRow,
     Validation,
-    check_nonneg,
-    check_output_free,
-    csv_builder_record,
+    build_csv_dataset,
+    csv_flags,
     dihedral_transform,
-    grouped_single_examples,
+    draw_unique_rows,
     read_puzzle_csv,
-    resolve_csv,
-    subsample_rows,
-    write_dataset,
 )
-from attractor_jax.data.puzzles.progress import Progress
 
 __all__ = [
     "MAZE_CHARSET",
@@ -210,13 +207,12 @@ def _endpoints(t: np.ndarray, what: str) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _generate_one(args: tuple[int, int, int, int, int, float, float]) -> tuple[str, str, int, str, int]:
+def _generate_one(args: tuple[int, int, int, int, int, float, float]) -> Draw:
+    """Maze `index` (`generate_maze`), keyed by its layout."""
     seed, index, attempt, n, min_path, lo, hi = args
     rng = np.random.default_rng([seed, index, attempt])
     cells = n * n
-    tries = 0
     while True:
-        tries += 1
         p = rng.uniform(lo, hi)
         walls = np.zeros(cells, bool)
         walls[rng.choice(cells, int(round(p * cells)), replace=False)] = True
@@ -243,8 +239,7 @@ def _generate_one(args: tuple[int, int, int, int, int, float, float]) -> tuple[s
         q[start], q[goal] = START, GOAL
         a = q.copy()
         a[path[1:-1]] = PATH
-        qs, as_ = maze_to_string(q), maze_to_string(a)
-        return qs, as_, len(path) - 1, maze_layout_key(q), tries
+        return Draw(maze_to_string(q), maze_to_string(a), len(path) - 1, maze_layout_key(q))
 
 
 def generate_maze(
@@ -263,11 +258,11 @@ def generate_maze(
     keys (`maze_layout_key`) that must not be reused (module docstring). workers > 1 starts that many spawned
     processes (from a script, call this under `if __name__ == "__main__":`). `progress` shows a progress bar
     on stdout."""
-    count = check_nonneg("count", count, 1)
-    size = check_nonneg("size", size, 2)
-    min_path = check_nonneg("min_path", min_path, 0)
-    seed = check_nonneg("seed", seed, 0)
-    workers = check_nonneg("workers", workers, 1)
+    count = check_int("count", count, 1)
+    size = check_int("size", size, 2)
+    min_path = check_int("min_path", min_path, 0)
+    seed = check_int("seed", seed, 0)
+    workers = check_int("workers", workers, 1)
     lo, hi = (float(x) for x in wall_fraction)
     if not 0.0 <= lo <= hi < 1.0:
         raise ValueError(f"wall_fraction={wall_fraction!r} is invalid: expected 0 <= low <= high < 1")
@@ -275,29 +270,8 @@ def generate_maze(
         raise ValueError(
             f"min_path={min_path} is invalid: a {size}x{size} maze has paths of < {size * size - 1} moves"
         )
-    seen = set(exclude)
-    rows: list[tuple[int, PuzzleRow]] = []
-    todo = [(seed, i, 0, size, min_path, lo, hi) for i in range(count)]
-    bar = Progress(count, "mazes", enabled=progress)
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
-    try:
-        while todo:
-            results = pool.imap(_generate_one, todo, chunksize=8) if pool else map(_generate_one, todo)
-            redo = []
-            for job, (q, a, length, key, _) in zip(todo, results):
-                if key in seen:
-                    redo.append((job[0], job[1], job[2] + 1, *job[3:]))
-                    continue
-                seen.add(key)
-                rows.append((job[1], PuzzleRow(source, q, a, length)))
-                bar.update()
-            todo = redo
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.close()
-            pool.join()
-    return [r for _, r in sorted(rows, key=lambda x: x[0])]
+    return draw_unique_rows(_generate_one, (size, min_path, lo, hi), count, seed=seed, source=source,
+                            exclude=exclude, what="mazes", workers=workers, progress=progress, chunksize=8)
 
 
 def maze_exclusions(paths: Sequence[str | os.PathLike]) -> set[str]:
@@ -378,53 +352,34 @@ def _load_maze_csv(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(qs), np.stack(ans)
 
 
+def _load_maze_csvs(paths: dict[str, pathlib.Path]) -> dict[str, CsvGrids]:
+    """Each split's question and answer tokens [N, n, n]; every split has the train split's size n."""
+    out: dict[str, CsvGrids] = {}
+    for split, path in paths.items():
+        q, a = _load_maze_csv(path)
+        n = out["train"].questions.shape[1] if out else q.shape[1]
+        if q.shape[1] != n:
+            raise ValueError(f"{path}: {q.shape[1]}x{q.shape[1]} mazes, but the train split has {n}x{n}")
+        out[split] = CsvGrids(q, a)
+    return out
+
+
 def build_maze_dataset(
-    source: str | os.PathLike,
-    output: str | os.PathLike,
-    *,
-    train_csv: str = "train.csv",
-    test_csv: str = "test.csv",
-    subsample_size: int | None = None,
-    test_subsample_size: int | None = None,
-    aug: bool = True,
-    seed: int = 0,
-    overwrite: bool = False,
+    source: str | os.PathLike, output: str | os.PathLike, *, train_csv: str = "train.csv",
+    test_csv: str = "test.csv", subsample_size: int | None = None, test_subsample_size: int | None = None,
+    aug: bool = True, seed: int = 0, overwrite: bool = False,
 ) -> pathlib.Path:
     """Build the Maze-Hard dataset layout from `source` (a folder holding train_csv/test_csv or a hub repo id
     such as `sapientinc/maze-30x30-hard-1k`). Train: optionally subsampled, each maze a group of its 8
     dihedral images (inputs and labels transformed together; aug=False keeps only the original). Test: as is
     (optionally subsampled)."""
-    subsample_size = check_nonneg("subsample_size", subsample_size, 1, allow_none=True)
-    test_subsample_size = check_nonneg("test_subsample_size", test_subsample_size, 1, allow_none=True)
-    seed = check_nonneg("seed", seed, 0)
-    check_output_free(output, overwrite)
-    paths = {"train": resolve_csv(source, train_csv), "test": resolve_csv(source, test_csv)}
-    rng = np.random.default_rng(seed)
-    splits, n = {}, None
-    for split, path in paths.items():
-        q, a = _load_maze_csv(path)
-        if n is not None and q.shape[1] != n:
-            raise ValueError(f"{path}: {q.shape[1]}x{q.shape[1]} mazes, but the train split has {n}x{n}")
-        n = q.shape[1]
-        q, a = subsample_rows(rng, subsample_size if split == "train" else test_subsample_size, q, a)
+    flags = {**csv_flags(train_csv, test_csv, subsample_size, test_subsample_size), "aug": aug,
+             "seed": check_int("seed", seed, 0)}
+
+    def dihedral_groups(split: str, q: np.ndarray, a: np.ndarray, rng: np.random.Generator):
         tids = range(8) if (split == "train" and aug) else range(1)
-        ins = np.stack([dihedral_transform(q, t) for t in tids], 1).reshape(-1, n * n)
-        labs = np.stack([dihedral_transform(a, t) for t in tids], 1).reshape(-1, n * n)
-        splits[split] = grouped_single_examples(ins, labs, per_group=len(tids))
-    builder = csv_builder_record("maze", source, paths, {
-        "train_csv": train_csv,
-        "test_csv": test_csv,
-        "subsample_size": subsample_size,
-        "test_subsample_size": test_subsample_size,
-        "aug": aug,
-        "seed": seed,
-    })
-    return write_dataset(
-        output,
-        splits,
-        vocab_size=MAZE_VOCAB_SIZE,
-        seq_len=n * n,
-        identifiers=["<blank>"],
-        builder=builder,
-        overwrite=overwrite,
-    )
+        images = [np.stack([dihedral_transform(g, t) for t in tids], 1) for g in (q, a)]
+        return tuple(x.reshape(len(q), len(tids), -1) for x in images)
+
+    return build_csv_dataset("maze", source, output, flags, load=_load_maze_csvs, expand=dihedral_groups,
+                             vocab_size=MAZE_VOCAB_SIZE, overwrite=overwrite)

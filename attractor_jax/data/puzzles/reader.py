@@ -25,12 +25,9 @@ global batches of B; the last one is padded (mask False), and each process takes
 
 from __future__ import annotations
 
-import collections
 import math
 import os
 import pathlib
-import sys
-import threading
 from typing import Any
 
 import grain
@@ -40,9 +37,18 @@ from attractor_jax.data.puzzles.common import (
     FIELDS,
     IGNORE_LABEL_ID,
     PuzzleDatasetMetadata,
+    SplitArrays,
     load_puzzle_metadata,
 )
-from attractor_jax.data.text import _check_int, _resolve_process, check_state_fingerprint
+from attractor_jax.data.common import (
+    BatchSource,
+    GrainWrapper,
+    LruCache,
+    check_int,
+    local_batch_size,
+    prefetching_iterator,
+    resolve_process,
+)
 
 __all__ = ["PuzzleIterator", "load_puzzle_split", "make_puzzle_pipeline"]
 
@@ -74,22 +80,10 @@ class PuzzleSplit:
         self.puzzle_identifiers = np.asarray(arrays["puzzle_identifiers"], np.int32)
         self.puzzle_indices = np.asarray(arrays["puzzle_indices"], np.int64)
         self.group_indices = np.asarray(arrays["group_indices"], np.int64)
-        self._check()
-
-    def _check(self) -> None:
-        where = self.root / self.split
-        L = self.metadata.seq_len
-        E = self.inputs.shape[0]
-        if self.inputs.ndim != 2 or self.inputs.shape[1] != L or self.labels.shape != self.inputs.shape:
-            raise ValueError(
-                f"{where}: inputs {self.inputs.shape} / labels {self.labels.shape} do not match seq_len={L}"
-            )
-        pi, gi = self.puzzle_indices, self.group_indices
-        P = len(self.puzzle_identifiers)
-        if pi.shape != (P + 1,) or pi[0] != 0 or pi[-1] != E or np.any(np.diff(pi) <= 0):
-            raise ValueError(f"{where}: puzzle_indices must rise strictly from 0 to {E} over {P} puzzles")
-        if gi.ndim != 1 or len(gi) < 2 or gi[0] != 0 or gi[-1] != P or np.any(np.diff(gi) <= 0):
-            raise ValueError(f"{where}: group_indices must rise strictly from 0 to {P}")
+        fault = SplitArrays(self.inputs, self.labels, self.puzzle_identifiers, self.puzzle_indices,
+                            self.group_indices).fault(self.metadata.seq_len)
+        if fault:
+            raise ValueError(f"{self.root / split}: {fault}")
 
     @property
     def num_examples(self) -> int:
@@ -106,44 +100,22 @@ def load_puzzle_split(
     return PuzzleSplit(path, split, set_name)
 
 
-class _Batches:
+class _Batches(BatchSource):
     """Random-access source: element k is process-local batch k (the maths: module docstring)."""
 
-    def __init__(
-        self,
-        data: PuzzleSplit,
-        *,
-        global_batch: int,
-        local_batch: int,
-        offset: int,
-        seed: int,
-        shuffle: bool,
-        num_batches: int | None,
-    ):
+    def __init__(self, data: PuzzleSplit, *, seed: int, shuffle: bool, **batching: Any):
+        super().__init__(**batching)
         self.d = data
         self.meta = data.metadata
-        self.B, self.b, self.offset = global_batch, local_batch, offset
         self.seed, self.shuffle = seed, shuffle
-        self.set_num_batches(num_batches)
         psize = np.diff(data.puzzle_indices)
         self.group_take = np.minimum.reduceat(psize, data.group_indices[:-1]).astype(np.int64)
         self.single = bool(np.all(psize == 1))
         self.epoch_len = int(self.group_take.sum()) if shuffle else data.num_examples
-        self._tables: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self._tables = LruCache(2)  # a batch spans at most two epochs
 
-    def __len__(self) -> int:
-        return self._len
-
-    def set_num_batches(self, num_batches: int | None) -> None:
-        """Bound the source to `num_batches` batches (None: unbounded); set once, before iteration."""
-        self._len = sys.maxsize if num_batches is None else num_batches
-
-    def epoch_table(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    def _epoch_table(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(example index, puzzle index) of every position of the epoch's stream."""
-        with self._lock:
-            if epoch in self._tables:
-                return self._tables[epoch]
         d = self.d
         rng = np.random.default_rng([self.seed, epoch])
         G = d.num_groups
@@ -152,35 +124,25 @@ class _Batches:
         chosen = first + np.floor(rng.random(G) * count).astype(np.int64)
         starts = d.puzzle_indices[chosen]
         if self.single:
-            table = (starts, chosen)
-        else:
-            size = d.puzzle_indices[chosen + 1] - starts
-            block = np.repeat(np.arange(G), size)
-            block_start = np.repeat(np.cumsum(size) - size, size)
-            rank = np.arange(len(block)) - block_start
-            perm = np.lexsort((rng.random(len(block)), block))  # random order within each block
-            keep = rank < np.repeat(self.group_take[order], size)
-            table = ((np.repeat(starts, size) + rank[perm])[keep], np.repeat(chosen, size)[keep])
-        with self._lock:
-            self._tables[epoch] = table
-            while len(self._tables) > 2:
-                self._tables.popitem(last=False)
-        return table
+            return starts, chosen
+        size = d.puzzle_indices[chosen + 1] - starts
+        block = np.repeat(np.arange(G), size)
+        block_start = np.repeat(np.cumsum(size) - size, size)
+        rank = np.arange(len(block)) - block_start
+        perm = np.lexsort((rng.random(len(block)), block))  # random order within each block
+        keep = rank < np.repeat(self.group_take[order], size)
+        return (np.repeat(starts, size) + rank[perm])[keep], np.repeat(chosen, size)[keep]
 
-    def __getitem__(self, k: int) -> dict[str, np.ndarray]:
-        k = int(k)
-        if not 0 <= k < self._len:
-            raise IndexError(f"batch index {k} out of range [0, {self._len})")
-        pos = k * self.B + self.offset + np.arange(self.b, dtype=np.int64)
+    def batch(self, pos: np.ndarray) -> dict[str, np.ndarray]:
         if self.shuffle:
-            ex = np.empty(self.b, np.int64)
-            puz = np.empty(self.b, np.int64)
+            ex = np.empty(self.local_batch, np.int64)
+            puz = np.empty(self.local_batch, np.int64)
             epochs, within = np.divmod(pos, self.epoch_len)
             for e in np.unique(epochs):
                 sel = epochs == e
-                t_ex, t_puz = self.epoch_table(int(e))
+                t_ex, t_puz = self._tables.get(int(e), lambda: self._epoch_table(int(e)))
                 ex[sel], puz[sel] = t_ex[within[sel]], t_puz[within[sel]]
-            valid = np.ones(self.b, bool)
+            valid = np.ones(self.local_batch, bool)
         else:
             # an example's position in the stored order; a batch past the end of the split is all padding
             valid = pos < self.d.num_examples
@@ -191,8 +153,8 @@ class _Batches:
     def _collate(self, ex: np.ndarray, puz: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
         m = self.meta
         order = np.argsort(ex, kind="stable")  # sorted reads are kinder to the memory map
-        inputs = np.empty((self.b, m.seq_len), np.int32)
-        labels = np.empty((self.b, m.seq_len), np.int32)
+        inputs = np.empty((self.local_batch, m.seq_len), np.int32)
+        labels = np.empty((self.local_batch, m.seq_len), np.int32)
         inputs[order] = self.d.inputs[ex[order]]
         labels[order] = self.d.labels[ex[order]]
         if m.ignore_label_id is not None:
@@ -205,7 +167,7 @@ class _Batches:
         return {"inputs": inputs, "labels": labels, "puzzle_identifiers": ids, "mask": valid.copy()}
 
 
-class PuzzleIterator(grain.DatasetIterator):
+class PuzzleIterator(GrainWrapper, grain.DatasetIterator):
     """A grain `DatasetIterator` of puzzle batches with exact, JSON-serialisable `get_state()` /
     `set_state()`. The state carries a fingerprint of the pipeline; `set_state` with a state from another
     pipeline raises ValueError.
@@ -224,19 +186,7 @@ class PuzzleIterator(grain.DatasetIterator):
     num_groups: int
     num_examples: int
     config: dict[str, Any]
-
-    def __init__(self, parent: grain.DatasetIterator):
-        super().__init__(parent)
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        return next(self._parent)
-
-    def get_state(self) -> dict[str, Any]:
-        return {"grain": self._parent.get_state(), "config": dict(self.config)}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        check_state_fingerprint(self.config, state, "puzzle", required=("grain", "config"))
-        self._parent.set_state(state["grain"])
+    state_kind = "puzzle"
 
     @property
     def batches_per_epoch(self) -> float:
@@ -269,33 +219,24 @@ def make_puzzle_pipeline(
       once, padded last batch). num_epochs: default None (unbounded) when shuffling, else 1 (a sequential pass
       must be finite). prefetch: batches prepared ahead in a background thread (0: none).
     """
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
-    prefetch = _check_int("prefetch", prefetch, 0)
+    batch_size = check_int("batch_size", batch_size, 1)
+    seed = check_int("seed", seed, 0)
+    prefetch = check_int("prefetch", prefetch, 0)
     if shuffle is None:
         shuffle = split == "train"
     if num_epochs is not None:
-        num_epochs = _check_int("num_epochs", num_epochs, 1)
+        num_epochs = check_int("num_epochs", num_epochs, 1)
     elif not shuffle:
         num_epochs = 1
     if not shuffle and num_epochs != 1:
         raise ValueError(
             f"num_epochs={num_epochs} is invalid without shuffling: a sequential pass is one epoch"
         )
-    pidx, pcount = _resolve_process(process_index, process_count)
-    if batch_size % pcount:
-        raise ValueError(f"batch_size={batch_size} is invalid: expected a multiple of process_count={pcount}")
-    local = batch_size // pcount
+    pidx, pcount = resolve_process(process_index, process_count)
+    local = local_batch_size(batch_size, pcount)
     data = PuzzleSplit(path, split, set_name)
-    src = _Batches(
-        data,
-        global_batch=batch_size,
-        local_batch=local,
-        offset=pidx * local,
-        seed=seed,
-        shuffle=bool(shuffle),
-        num_batches=None,
-    )
+    src = _Batches(data, seed=seed, shuffle=bool(shuffle), global_batch=batch_size, local_batch=local,
+                   offset=pidx * local, num_batches=None)
     E = src.epoch_len
     if shuffle:
         num_batches = None if num_epochs is None else (num_epochs * E) // batch_size
@@ -307,8 +248,7 @@ def make_puzzle_pipeline(
     else:
         num_batches = math.ceil(E / batch_size)
     src.set_num_batches(num_batches)
-    read = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
-    it = PuzzleIterator(grain.MapDataset.source(src).to_iter_dataset(read).__iter__())
+    it = PuzzleIterator(prefetching_iterator(src, prefetch))
     it.metadata, it.split = data.metadata, split
     it.batch_size, it.local_batch_size, it.num_batches = batch_size, local, num_batches
     it.epoch_examples, it.num_groups, it.num_examples = E, data.num_groups, data.num_examples

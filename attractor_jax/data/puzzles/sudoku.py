@@ -46,26 +46,24 @@ grids (default 1000) before a ValueError that names the count reached, the blank
 
 from __future__ import annotations
 
-import multiprocessing
+import functools
 import os
 import pathlib
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from attractor_jax.data.common import check_int
 from attractor_jax.data.puzzles.common import (
+    CsvGrids,
+    Draw,
     PuzzleRow,
     Validation,
-    check_nonneg,
-    check_output_free,
-    csv_builder_record,
-    grouped_single_examples,
+    build_csv_dataset,
+    csv_flags,
+    draw_unique_rows,
     read_puzzle_csv,
-    resolve_csv,
-    subsample_rows,
-    write_dataset,
 )
-from attractor_jax.data.puzzles.progress import Progress
 
 __all__ = [
     "SUDOKU_SEQ_LEN",
@@ -119,6 +117,16 @@ def _as_digits(grid: Any, what: str, encoded: bool | None = None) -> np.ndarray:
     elif a.min() < 0 or a.max() > 9:
         raise ValueError(f"{what}: sudoku digits are 0..9, got {int(a.min())}..{int(a.max())}")
     return a.astype(np.int8)
+
+
+_UNIT_NAMES = ("row", "column", "box")
+
+
+def _units(grids: np.ndarray) -> np.ndarray:
+    """[N, 27, 9]: the 9 rows, 9 columns and 9 boxes of each grid in [N, 81]."""
+    g = grids.reshape(-1, 9, 9)
+    boxes = g.reshape(-1, 3, 3, 3, 3).transpose(0, 1, 3, 2, 4).reshape(-1, 9, 9)
+    return np.concatenate([g, g.transpose(0, 2, 1), boxes], axis=1)
 
 
 def sudoku_to_string(grid: Any, encoded: bool | None = None) -> str:
@@ -223,14 +231,19 @@ def _propagate(cand: list[int], done: int, level: int = 3) -> int:
             return done
 
 
-def _branch_cell(cand: list[int], done: int) -> int:
-    """The bit of an unfixed cell to branch on: the first with two candidates, else one with fewest."""
+def _bivalue_cells(cand: list[int], done: int) -> int:
+    """The mask of the unfixed cells with exactly two candidates (bit-sliced counts, as in `_propagate`)."""
     ones = twos = threes = 0
     for b in cand:
         threes |= twos & b
         twos |= ones & b
         ones |= b
-    biv = twos & ~threes & ~done
+    return twos & ~threes & ~done
+
+
+def _branch_cell(cand: list[int], done: int) -> int:
+    """The bit of an unfixed cell to branch on: the first with two candidates, else one with fewest."""
+    biv = _bivalue_cells(cand, done)
     if biv:
         return biv & -biv
     best, pick = 10, 0
@@ -276,12 +289,7 @@ class _Search:
                 return
 
     def _random_cell(self, cand: list[int], done: int) -> int:
-        ones = twos = threes = 0
-        for b in cand:
-            threes |= twos & b
-            twos |= ones & b
-            ones |= b
-        pool = (twos & ~threes & ~done) or (_ALL & ~done)
+        pool = _bivalue_cells(cand, done) or (_ALL & ~done)
         cells = [c for c in range(81) if pool >> c & 1]
         return _CELL[cells[int(self.rng.integers(len(cells)))]]
 
@@ -309,12 +317,10 @@ def _digits_from_cand(cand: list[int]) -> np.ndarray:
 
 
 def _givens_consistent(digits: np.ndarray) -> bool:
-    g = digits.reshape(9, 9)
-    for unit in (g, g.T, g.reshape(3, 3, 3, 3).transpose(0, 2, 1, 3).reshape(9, 9)):
-        for row in unit:
-            v = row[row > 0]
-            if len(np.unique(v)) != len(v):
-                return False
+    for unit in _units(digits)[0]:
+        v = unit[unit > 0]
+        if len(np.unique(v)) != len(v):
+            return False
     return True
 
 
@@ -438,13 +444,13 @@ DEFAULT_MAX_ATTEMPTS = 1000
 MAX_BLANKS_RATED_ZERO = 4
 
 
-def _generate_one(args: tuple[int, ...]) -> tuple[str | None, str | None, int, int]:
-    """(question, answer, rating, tries) of puzzle `index`, or (None, None, best rating seen or -1 when no
-    draw reached `blanks`, tries) once `max_attempts` random grids failed."""
+def _generate_one(args: tuple[int, ...]) -> Draw:
+    """Puzzle `index` (`generate_sudoku`), keyed by its question; once `max_attempts` random grids failed, a
+    draw that gave up with the best rating seen (-1 when no draw reached `blanks`)."""
     seed, index, attempt, min_rating, blanks, max_attempts = args
     rng = np.random.default_rng([seed, index, attempt])
     best = -1
-    for tries in range(1, max_attempts + 1):
+    for _ in range(max_attempts):
         sol = _random_solution(rng)
         q = _minimise(sol, sol, rng, blanks)
         if blanks < 81 and 81 - np.count_nonzero(q) < blanks:
@@ -452,12 +458,14 @@ def _generate_one(args: tuple[int, ...]) -> tuple[str | None, str | None, int, i
         r = _rating(q)
         best = max(best, r)
         if r >= min_rating:
-            return sudoku_to_string(q), sudoku_to_string(sol), r, tries
-    return None, None, best, max_attempts
+            question = sudoku_to_string(q)
+            return Draw(question, sudoku_to_string(sol), r, question)
+    return Draw(None, None, best, None)
 
 
-def _gave_up_message(reached: int, count: int, index: int, blanks: int | None, min_rating: int,
-                     max_attempts: int, best: int, excluded: bool) -> str:
+def _gave_up_message(count: int, blanks: int | None, min_rating: int, max_attempts: int,
+                     reached: int, index: int, best: int, excluded: bool) -> str:
+    """Why `generate_sudoku` gave up (`gave_up` of `draw_unique_rows`, the first four arguments bound)."""
     shape = "minimal puzzles" if blanks is None else f"puzzles with {blanks} blanks"
     if excluded:
         why = (f"puzzle {index + 1} repeated an excluded or earlier question {max_attempts} times")
@@ -496,55 +504,26 @@ def generate_sudoku(
     which a ValueError names the count reached, the blanks and the rating asked for. The default (1000)
     gives up after about 35 CPU-seconds per puzzle for minimal puzzles, about 5-7 s with blanks=30;
     min_rating=10 needs about 14 grids per minimal puzzle on average."""
-    count = check_nonneg("count", count, 1)
+    count = check_int("count", count, 1)
     if blanks is not None and (isinstance(blanks, bool) or not isinstance(blanks, int)
                                or not 1 <= blanks <= 64):
         raise ValueError(f"blanks={blanks!r} is invalid: expected an int in [1, 64] (a sudoku with a unique "
                          "solution has at least 17 givens)")
-    min_rating = check_nonneg("min_rating", min_rating, 0)
-    seed = check_nonneg("seed", seed, 0)
-    workers = check_nonneg("workers", workers, 1)
-    max_attempts = check_nonneg("max_attempts", max_attempts, 1)
+    min_rating = check_int("min_rating", min_rating, 0)
+    seed = check_int("seed", seed, 0)
+    workers = check_int("workers", workers, 1)
+    max_attempts = check_int("max_attempts", max_attempts, 1)
     if blanks is not None and blanks <= MAX_BLANKS_RATED_ZERO and min_rating > 0:
         raise ValueError(
             f"min_rating={min_rating} is unreachable with blanks={blanks}: a sudoku with one solution and at "
             f"most {MAX_BLANKS_RATED_ZERO} blanks is solved by singles alone (rating 0); use more blanks or "
             "--min-rating 0")
-    seen = set(exclude)
-    rows: list[tuple[int, PuzzleRow]] = []
-    todo = [(seed, i, 0, min_rating, 81 if blanks is None else blanks, max_attempts) for i in range(count)]
-    bar = Progress(count, "sudokus", enabled=progress)
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
-    finished = False
-    try:
-        while todo:
-            # chunks of one puzzle: a puzzle that gives up is reported at once, not after its chunk
-            results = pool.imap(_generate_one, todo) if pool else map(_generate_one, todo)
-            redo = []
-            for job, (q, a, r, _) in zip(todo, results):
-                if q is None:
-                    raise ValueError(_gave_up_message(len(rows), count, job[1], blanks, min_rating,
-                                                      max_attempts, r, excluded=False))
-                if q in seen:
-                    if job[2] + 1 > max_attempts:
-                        raise ValueError(_gave_up_message(len(rows), count, job[1], blanks, min_rating,
-                                                          max_attempts, r, excluded=True))
-                    redo.append((job[0], job[1], job[2] + 1, *job[3:]))
-                    continue
-                seen.add(q)
-                rows.append((job[1], PuzzleRow(source, q, a, r)))
-                bar.update()
-            todo = redo
-        finished = True
-    finally:
-        bar.close()
-        if pool is not None:
-            if finished:
-                pool.close()
-            else:
-                pool.terminate()  # a failure (or Ctrl-C): do not wait for the other workers' draws
-            pool.join()
-    return [r for _, r in sorted(rows, key=lambda x: x[0])]
+
+    gave_up = functools.partial(_gave_up_message, count, blanks, min_rating, max_attempts)
+    # chunks of one puzzle: a puzzle that gives up is reported at once, not after its chunk
+    return draw_unique_rows(_generate_one, (min_rating, 81 if blanks is None else blanks, max_attempts),
+                            count, seed=seed, source=source, exclude=exclude, what="sudokus", workers=workers,
+                            progress=progress, max_redraws=max_attempts, gave_up=gave_up)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -590,12 +569,9 @@ def validate_sudoku(question: Any, prediction: Any, encoded: bool | None = None)
     if (p[given] != q[given]).any():
         c = int(np.flatnonzero(given & (p != q))[0])
         return Validation(False, f"given at row {c // 9}, col {c % 9} changed from {q[c]} to {p[c]}")
-    g = p.reshape(9, 9)
-    boxes = g.reshape(3, 3, 3, 3).transpose(0, 2, 1, 3).reshape(9, 9)
-    for name, units in (("row", g), ("column", g.T), ("box", boxes)):
-        for i, u in enumerate(units):
-            if len(np.unique(u)) != 9:
-                return Validation(False, f"{name} {i} repeats a digit")
+    for k, unit in enumerate(_units(p)[0]):
+        if len(np.unique(unit)) != 9:
+            return Validation(False, f"{_UNIT_NAMES[k // 9]} {k % 9} repeats a digit")
     return Validation(True)
 
 
@@ -636,13 +612,6 @@ def _parse_grids(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return out, bad
 
 
-def _units(grids: np.ndarray) -> np.ndarray:
-    """[N, 27, 9]: the 9 rows, 9 columns and 9 boxes of each grid in [N, 81]."""
-    g = grids.reshape(-1, 9, 9)
-    boxes = g.reshape(-1, 3, 3, 3, 3).transpose(0, 1, 3, 2, 4).reshape(-1, 9, 9)
-    return np.concatenate([g, g.transpose(0, 2, 1), boxes], axis=1)
-
-
 def _solved_grid_mask(answers: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Which complete grids are solved sudokus: every row, column and box, sorted, is exactly 1..9."""
     ok = np.empty(len(answers), bool)
@@ -656,10 +625,10 @@ def _solved_grid_mask(answers: np.ndarray, chunk: int = 65536) -> np.ndarray:
 def _first_unit_fault(answer: np.ndarray) -> str:
     """'row 2 of 9 holds 5 more than once and lacks 7' for the first unit (counted from 1) of a complete grid
     that is not a permutation of 1..9."""
-    for k, unit in enumerate(_units(answer[None])[0]):
+    for k, unit in enumerate(_units(answer)[0]):
         counts = np.bincount(unit, minlength=10)[1:]
         if (counts != 1).any():
-            name = ("row", "column", "box")[k // 9]
+            name = _UNIT_NAMES[k // 9]
             twice = [str(d + 1) for d in np.flatnonzero(counts > 1)]
             lacks = [str(d + 1) for d in np.flatnonzero(counts == 0)]
             return (f"{name} {k % 9 + 1} of 9 holds {', '.join(twice)} more than once and lacks "
@@ -755,30 +724,45 @@ def check_sudoku_csv(path: str | os.PathLike, *, dedupe: bool = False) -> Sudoku
                              line_numbers=lambda: _csv_line_numbers(path))
 
 
-def _load_sudoku_csv(path: pathlib.Path, min_rating: int | None, dedupe: bool = False
-                     ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Checked questions and answers (raw digits [N, 81]) rated >= min_rating, and the duplicates dropped."""
-    data = check_sudoku_csv(path, dedupe=dedupe)
-    keep = np.ones(len(data.ratings), bool) if min_rating is None else data.ratings >= min_rating
-    if not keep.any():
-        raise ValueError(
-            f"{path}: no puzzles" + (f" rated >= {min_rating}" if min_rating is not None else "")
-        )
-    return data.questions[keep], data.answers[keep], data.dropped_duplicates
+def _load_sudoku_csvs(paths: dict[str, pathlib.Path], min_rating: int | None, dedupe: bool
+                      ) -> dict[str, CsvGrids]:
+    """Each split's checked questions and answers (raw digits [N, 81]) rated >= min_rating, noting the
+    duplicates dropped."""
+    out = {}
+    for split, path in paths.items():
+        data = check_sudoku_csv(path, dedupe=dedupe)
+        keep = np.ones(len(data.ratings), bool) if min_rating is None else data.ratings >= min_rating
+        if not keep.any():
+            raise ValueError(
+                f"{path}: no puzzles" + (f" rated >= {min_rating}" if min_rating is not None else "")
+            )
+        out[split] = CsvGrids(data.questions[keep], data.answers[keep],
+                              {"dropped_duplicates": data.dropped_duplicates})
+    return out
+
+
+def _augmented_groups(num_aug: int) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """`expand` for `build_csv_dataset`: each train puzzle (raw digits) followed by `num_aug` draws of
+    `augment_sudoku`, each test puzzle alone; as tokens (digit + 1)."""
+
+    def expand(split: str, q: np.ndarray, a: np.ndarray, rng: np.random.Generator):
+        k = num_aug if split == "train" else 0
+        ins = np.empty((len(q), 1 + k, 81), np.uint8)
+        labs = np.empty_like(ins)
+        for i in range(len(q)):
+            ins[i, 0], labs[i, 0] = q[i], a[i]
+            for j in range(1, k + 1):
+                qa, aa = augment_sudoku(q[i], a[i], rng)
+                ins[i, j], labs[i, j] = qa.reshape(81), aa.reshape(81)
+        return ins + 1, labs + 1
+
+    return expand
 
 
 def build_sudoku_dataset(
-    source: str | os.PathLike,
-    output: str | os.PathLike,
-    *,
-    train_csv: str = "train.csv",
-    test_csv: str = "test.csv",
-    subsample_size: int | None = None,
-    test_subsample_size: int | None = None,
-    num_aug: int = 0,
-    min_rating: int | None = None,
-    seed: int = 0,
-    overwrite: bool = False,
+    source: str | os.PathLike, output: str | os.PathLike, *, train_csv: str = "train.csv",
+    test_csv: str = "test.csv", subsample_size: int | None = None, test_subsample_size: int | None = None,
+    num_aug: int = 0, min_rating: int | None = None, seed: int = 0, overwrite: bool = False,
     dedupe: bool = False,
 ) -> pathlib.Path:
     """Build the Sudoku-Extreme dataset layout from `source` (a folder holding train_csv/test_csv or a hub
@@ -792,47 +776,16 @@ def build_sudoku_dataset(
     no repeated question unless `dedupe`, which drops later repeats and records their number per split in
     builder.json as `dropped_duplicates`); any failure is one ValueError and nothing is written.
     """
-    subsample_size = check_nonneg("subsample_size", subsample_size, 1, allow_none=True)
-    test_subsample_size = check_nonneg("test_subsample_size", test_subsample_size, 1, allow_none=True)
-    num_aug = check_nonneg("num_aug", num_aug, 0)
-    seed = check_nonneg("seed", seed, 0)
-    check_output_free(output, overwrite)
-    paths = {"train": resolve_csv(source, train_csv), "test": resolve_csv(source, test_csv)}
-    rng = np.random.default_rng(seed)
-    loaded = {split: _load_sudoku_csv(path, min_rating, dedupe) for split, path in paths.items()}
-    splits = {}
-    for split, (q, a, _) in loaded.items():
-        q, a = subsample_rows(rng, subsample_size if split == "train" else test_subsample_size, q, a)
-        k = num_aug if split == "train" else 0
-        ins = np.empty((len(q), 1 + k, 81), np.uint8)
-        labs = np.empty_like(ins)
-        for i in range(len(q)):
-            ins[i, 0], labs[i, 0] = q[i], a[i]
-            for j in range(1, k + 1):
-                qa, aa = augment_sudoku(q[i], a[i], rng)
-                ins[i, j], labs[i, j] = qa.reshape(81), aa.reshape(81)
-        splits[split] = grouped_single_examples(
-            ins.reshape(-1, 81) + 1, labs.reshape(-1, 81) + 1, per_group=1 + k
-        )
-    builder = csv_builder_record("sudoku", source, paths, {
-        "train_csv": train_csv,
-        "test_csv": test_csv,
-        "subsample_size": subsample_size,
-        "test_subsample_size": test_subsample_size,
-        "num_aug": num_aug,
+    flags = {
+        **csv_flags(train_csv, test_csv, subsample_size, test_subsample_size),
+        "num_aug": check_int("num_aug", num_aug, 0),
         "min_rating": min_rating,
-        "seed": seed,
+        "seed": check_int("seed", seed, 0),
         "dedupe": dedupe,
-    })
-    builder["dropped_duplicates"] = {split: dropped for split, (_, _, dropped) in loaded.items()}
-    return write_dataset(
-        output,
-        splits,
-        vocab_size=SUDOKU_VOCAB_SIZE,
-        seq_len=SUDOKU_SEQ_LEN,
-        identifiers=["<blank>"],
-        builder=builder,
-        overwrite=overwrite,
+    }
+    return build_csv_dataset(
+        "sudoku", source, output, flags, load=lambda paths: _load_sudoku_csvs(paths, min_rating, dedupe),
+        expand=_augmented_groups(flags["num_aug"]), vocab_size=SUDOKU_VOCAB_SIZE, overwrite=overwrite,
     )
 
 
