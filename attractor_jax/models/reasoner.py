@@ -56,13 +56,12 @@ from flax import nnx
 
 from attractor_jax import implicit
 from attractor_jax.models.attractor import solver_and_backward
-from attractor_jax.models.config import AttractorReasonerConfig, TRMConfig
+from attractor_jax.models.config import TRMConfig
 from attractor_jax.nn import Embed, Linear
 from attractor_jax.nn.attention import dot_product_attention
 from attractor_jax.nn.init import constant_init, param, zeros_init
 
 IGNORE_LABEL_ID = -100
-DATA_KEYS = ("inputs", "labels", "puzzle_identifiers")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -530,12 +529,8 @@ class AttractorReasoner(TRM):
         return c.jacobian_weight * pen
 
 
-REASONER_CLASSES = {TRMConfig: TRM, AttractorReasonerConfig: AttractorReasoner}
-
 __all__ = [
-    "DATA_KEYS",
     "IGNORE_LABEL_ID",
-    "REASONER_CLASSES",
     "TRM",
     "AttractorReasoner",
     "InitState",
