@@ -439,20 +439,22 @@ def _upgrade(cls: type, d: dict[str, Any]) -> dict[str, Any]:
     sv, bw = dict(d.get("solver") or {}), dict(d.get("backward") or {})
     if not ({"mixing", "bf16_tol"} & sv.keys() or "min_iter" in bw):
         return d
-    d, fields = dict(d), _field_names(cls)
+    d, fields, base = dict(d), _field_names(cls), cls()
     for old, new in (("mixing", "solve_mixing"), ("bf16_tol", "bf16_tol")):
         if old in sv and new in fields:
             d[new] = sv[old]
+    kinds = {"solver": sv.get("kind", base.solver.kind), "backward": bw.get("kind", base.backward.kind)}
     for head, items in (("solver", sv), ("backward", bw)):
-        if items:
-            keep = _field_names(implicit.KINDS[items.get("kind", getattr(cls(), head).kind)])
+        if items and kinds[head] in implicit.KINDS:  # (an unknown kind is reported by apply_overrides)
+            keep = _field_names(implicit.KINDS[kinds[head]])
             d[head] = {k: v for k, v in items.items() if k == "kind" or k in keep}
     # The old IFT Anderson adjoint took m/beta/ridge/restart from the solver settings whatever the forward kind;
     # now it takes them from an Anderson forward only.
     a = implicit.Anderson()
-    if (bw.get("kind") == "ift" and bw.get("solver", "anderson") == "anderson" and sv.get("kind") != "anderson"
+    if (kinds["backward"] == "ift" and bw.get("solver", "anderson") == "anderson"
+            and kinds["solver"] in ("picard", "broyden")
             and any(sv.get(k, getattr(a, k)) != getattr(a, k) for k in ("m", "beta", "ridge", "restart"))):
-        raise ValueError(f"config: this old config's IFT adjoint used the Anderson settings of a {sv.get('kind')} "
+        raise ValueError(f"config: this old config's IFT adjoint used the Anderson settings of a {kinds['solver']} "
                          "forward solver, which the current format cannot express")
     return d
 

@@ -131,6 +131,8 @@ def test_old_flat_format_loads_and_computes_bitwise_the_same():
     # An IFT Anderson adjoint configured through a non-Anderson forward's settings has no new-format equivalent.
     with pytest.raises(ValueError, match="cannot express"):
         M.config_from_dict(_old_dict(**{"solver.kind": "broyden", "solver.m": 7}))
+    with pytest.raises(ValueError, match="solver.kind='newton'"):
+        M.config_from_dict(_old_dict(**{"solver.kind": "newton"}))
 
 
 def test_set_overrides_reach_solver_fields_and_kinds():
