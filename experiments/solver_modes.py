@@ -30,14 +30,14 @@ from experiments import common  # noqa: E402
 NAME = "solver_modes"
 ROWS = {
     "float32, token mixing, causal freezing (default)": {},
-    "float32, sequence mixing (reference)": {"solver.mixing": "sequence"},
+    "float32, sequence mixing (reference)": {"solve_mixing": "sequence"},
     "float32, token mixing, no restart": {"solver.restart": False},
     "bfloat16, token mixing, bf16_tol (default)": {"dtype": "bfloat16"},
-    "bfloat16, token mixing, float32 tol": {"dtype": "bfloat16", "solver.bf16_tol": None},
-    "bfloat16, sequence mixing, bf16_tol": {"dtype": "bfloat16", "solver.mixing": "sequence"},
+    "bfloat16, token mixing, float32 tol": {"dtype": "bfloat16", "bf16_tol": None},
+    "bfloat16, sequence mixing, bf16_tol": {"dtype": "bfloat16", "solve_mixing": "sequence"},
 }
 FLOOR = {"float32": {"solver.tol": 0.0, "solver.max_iter": 64},
-         "bfloat16": {"dtype": "bfloat16", "solver.bf16_tol": 0.0, "solver.max_iter": 64}}
+         "bfloat16": {"dtype": "bfloat16", "bf16_tol": 0.0, "solver.max_iter": 64}}
 
 
 def residuals(workdir: pathlib.Path, overrides: dict, batches: int):
@@ -102,9 +102,9 @@ def main() -> None:
         ax.hist(np.clip(v, 1e-8, 1.0), bins=bins, alpha=0.6, label=f"{k} compute")
     from attractor_jax.models import get_config
 
-    sc = get_config("attractor-tiny").solver
-    ax.axvline(sc.tol, color="k", ls="--", lw=1, label=f"preset tol {sc.tol:g}")
-    ax.axvline(sc.bf16_tol, color="tab:red", ls=":", lw=1, label=f"bf16_tol {sc.bf16_tol:g}")
+    cfg = get_config("attractor-tiny")
+    ax.axvline(cfg.solver.tol, color="k", ls="--", lw=1, label=f"preset tol {cfg.solver.tol:g}")
+    ax.axvline(cfg.bf16_tol, color="tab:red", ls=":", lw=1, label=f"bf16_tol {cfg.bf16_tol:g}")
     ax.set_xscale("log")
     ax.set_xlabel("final relative residual per token (tol 0, 64 evaluations)")
     ax.set_ylabel("tokens")

@@ -33,7 +33,7 @@ driver: ``propose(mem, k, x, fx, res)`` returns the next point to evaluate and t
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -130,22 +130,18 @@ class _Carry:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _Solver:
-    """Shared settings and driver; subclasses add their own fields and define ``init``/``propose``.
+class Solver:
+    """Shared settings and driver; subclasses add their own fields and define ``init``/``propose``. A sample exits
+    when ||f(x) - x|| <= atol + tol ||x||, or diverges on a non-finite residual or one ``divergence`` times above
+    max(its lowest, tol, eps); causal layouts always return the last point (see the module docstring)."""
 
-    tol: relative tolerance (rtol); atol: absolute tolerance; a sample exits when ||f(x) - x|| <= atol + tol ||x||.
-    max_iter: at most this many f-evaluations; min_iter: a sample may not exit (or be reported converged) before
-    this many; divergence: a residual this many times above max(the sample's lowest, tol, eps), or a non-finite one,
-    freezes the sample as diverged; keep_best: return each independent sample's lowest-residual measured point
-    (else its last; causal layouts always return the last, see the module docstring).
-    """
-
-    tol: float = 1e-4
-    atol: float = 0.0
-    max_iter: int = 30
-    min_iter: int = 0
-    divergence: float = 1e4
-    keep_best: bool = True
+    kind: ClassVar[str]  # the name in serialised configs (`attractor_jax.implicit.KINDS`)
+    tol: float = 1e-4  # relative tolerance (rtol)
+    atol: float = 0.0  # absolute tolerance
+    max_iter: int = 30  # at most this many f-evaluations
+    min_iter: int = 0  # no exit (or "converged") before this many
+    divergence: float = 1e4  # blow-up factor over max(lowest residual, tol, eps) that freezes a sample
+    keep_best: bool = True  # independent samples return their lowest-residual point (else their last)
 
     def __post_init__(self):
         name = type(self).__name__
@@ -164,10 +160,6 @@ class _Solver:
         self, mem: Any, k: jax.Array, x: jax.Array, fx: jax.Array, res: jax.Array
     ) -> tuple[jax.Array, Any]:
         raise NotImplementedError
-
-    def replace(self, **changes) -> "_Solver":
-        """A copy with some fields changed (e.g. ``tol`` or ``max_iter`` overrides at evaluation time)."""
-        return dataclasses.replace(self, **changes)
 
     def solve(
         self,
@@ -264,10 +256,11 @@ class _Solver:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Picard(_Solver):
+class Picard(Solver):
     """Damped fixed-point iteration x <- (1 - damping) x + damping f(x)."""
 
-    damping: float = 1.0
+    kind: ClassVar[str] = "picard"
+    damping: float = 1.0  # step length: x <- x + damping (f(x) - x)
 
     def _check(self):
         if not 0 < self.damping <= 1:
@@ -320,7 +313,7 @@ def _spd_solve(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Anderson(_Solver):
+class Anderson(Solver):
     """Type-II Anderson acceleration with a fixed-size ring-buffer history.
 
     With residuals g_i = f(x_i) - x_i over the last m iterates, solve in float32
@@ -339,10 +332,11 @@ class Anderson(_Solver):
     Picard still converges; restarting helps on some of them (not all) and changes nothing while residuals fall.
     """
 
-    m: int = 5
-    beta: float = 1.0
-    ridge: float = 1e-4
-    restart: bool = True
+    kind: ClassVar[str] = "anderson"
+    m: int = 5  # history window
+    beta: float = 1.0  # mixing: x = sum a_i x_i + beta sum a_i g_i
+    ridge: float = 1e-4  # Tikhonov term, relative to the mean squared residual norm
+    restart: bool = True  # clear the history when a sample's residual rises
 
     def _check(self):
         if not (isinstance(self.m, int) and self.m >= 1):
@@ -414,7 +408,7 @@ class _BroydenMemory:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Broyden(_Solver):
+class Broyden(Solver):
     """Limited-memory ("good") Broyden on g(x) = f(x) - x with an inverse-Jacobian estimate.
 
     B^-1 ~= -I + sum_i u_i v_i^T (rank-m, ring buffer; the oldest correction is overwritten). Each step applies the
@@ -422,7 +416,8 @@ class Broyden(_Solver):
     Updates with a vanishing denominator are skipped.
     """
 
-    memory: int = 20
+    kind: ClassVar[str] = "broyden"
+    memory: int = 20  # rank of the inverse-Jacobian estimate (ring buffer)
 
     def _check(self):
         if not (isinstance(self.memory, int) and self.memory >= 1):

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 
 @jax.tree_util.register_dataclass
@@ -30,6 +31,16 @@ class SolverStats:
     residual: jax.Array
     converged: jax.Array
     diverged: jax.Array
+
+    def summary(self) -> dict[str, jax.Array]:
+        """Scalar metrics over every sample: ``solver_iters``/``solver_iters_max`` (mean/max iterations),
+        ``solver_residual``/``solver_residual_max`` (mean/max residual, non-finite ones counted as 0) and the
+        ``solver_converged``/``solver_diverged`` fractions."""
+        it = self.iterations.astype(jnp.float32)
+        res = jnp.where(jnp.isfinite(self.residual), self.residual, 0.0)
+        return dict(solver_iters=it.mean(), solver_iters_max=it.max(), solver_residual=res.mean(),
+                    solver_residual_max=res.max(), solver_converged=self.converged.astype(jnp.float32).mean(),
+                    solver_diverged=self.diverged.astype(jnp.float32).mean())
 
 
 @jax.tree_util.register_dataclass

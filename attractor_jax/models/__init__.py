@@ -13,19 +13,18 @@ The reasoners are called one ACT step at a time on a carry: ``model(carry, batch
 ``attractor_jax.models.reasoner``).
 """
 
-from attractor_jax.models.attractor import AttractorHead, AttractorLM, make_backward, make_solver
+from attractor_jax.models.attractor import AttractorHead, AttractorLM, solver_and_backward
 from attractor_jax.models.config import (
     AttractorConfig,
     AttractorReasonerConfig,
     TRMConfig,
-    BackwardConfig,
     GPTConfig,
     LMConfig,
     ParcaeConfig,
-    SolverConfig,
     apply_overrides,
     config_from_dict,
     config_to_dict,
+    kind_dict,
 )
 from attractor_jax.models.gpt import GPT
 from attractor_jax.models.parcae import DiagonalInjection, Parcae, ParcaeCore, sample_depths
@@ -72,14 +71,12 @@ __all__ = [
     "solver_metrics",
     "stablemax_cross_entropy",
     "summarize_act_metrics",
-    "BackwardConfig",
     "DiagonalInjection",
     "GPTConfig",
     "LMConfig",
     "Parcae",
     "ParcaeConfig",
     "ParcaeCore",
-    "SolverConfig",
     "abstract_model",
     "apply_overrides",
     "build_model",
@@ -88,10 +85,10 @@ __all__ = [
     "create_model",
     "describe_preset",
     "get_config",
+    "kind_dict",
     "list_presets",
-    "make_backward",
-    "make_solver",
     "param_counts",
     "preset_summary",
     "sample_depths",
+    "solver_and_backward",
 ]

@@ -6,17 +6,17 @@ H(h) = h + Δ(h), the fixed-point map is
 
     f(y, c) = H(y + c) − y = c + Δ(y + c),        y₀ = stop_gradient(c),        y* = f(y*, c),
 
-solved by ``attractor_jax.fixed_point`` with ``batch_axis=0, causal_axis=1`` (``solver.mixing="token"``): every
+solved by ``attractor_jax.fixed_point`` with ``batch_axis=0, causal_axis=1`` (``solve_mixing="token"``): every
 token has its own Anderson coefficients and statistics, and a token freezes only once it and every earlier token
 of its sequence pass the exit test, so the returned state is one consistent iterate (no token is frozen against a
 moving prefix) and the solve is exactly causal at any tolerance: a token's result depends only on its prefix.
-``solver.mixing="sequence"`` is the reference's per-sequence mixing. Gradients reach c (hence backbone and
+``solve_mixing="sequence"`` is the reference's per-sequence mixing. Gradients reach c (hence backbone and
 embedding) and the head parameters through the configured backward mode.
 
 ``max_iter=0`` decodes c directly (the identity, so c keeps its gradient); ``max_iter`` 1 or 2 takes that many
 plain steps y ← f(y, c) (differentiated through the steps, plus one evaluation that measures the residual of the
 result); larger values use the configured solver with early exit at the tolerance in force (``solver.tol``, or
-``solver.bf16_tol`` when the model computes in bfloat16/float16).
+``bf16_tol`` when the model computes in bfloat16/float16).
 
 Ablation variants (``AttractorConfig.injection`` / ``solve_init``; paper Tables 4 and 6), all per token:
 
@@ -34,47 +34,36 @@ Parameter paths: ``embed``, ``backbone[i]``, ``head.blocks[i]`` (with ``gate_att
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from attractor_jax import implicit
 from attractor_jax.models.common import embed_tokens, make_embed, tied_logits
-from attractor_jax.models.config import AttractorConfig, BackwardConfig, SolverConfig
+from attractor_jax.models.config import AttractorConfig
 from attractor_jax.nn import Block, Linear, RMSNorm
 
 
-def make_solver(sc: SolverConfig, max_iter: int | None = None, tol: float | None = None, dtype: str = "float32"):
-    """The configured forward solver with optional max_iter/tol overrides (min_iter capped at max_iter). Without a
-    tol override the tolerance is the one in force for the compute ``dtype`` (``SolverConfig.tol_for``)."""
-    mi = sc.max_iter if max_iter is None else int(max_iter)
-    t = sc.tol_for(dtype) if tol is None else float(tol)
-    common = dict(tol=t, atol=sc.atol, max_iter=mi, min_iter=min(sc.min_iter, mi))
-    if sc.kind == "anderson":
-        return implicit.Anderson(m=sc.m, beta=sc.beta, ridge=sc.ridge, restart=sc.restart, **common)
-    if sc.kind == "picard":
-        return implicit.Picard(damping=sc.damping, **common)
-    return implicit.Broyden(memory=sc.memory, **common)
+def solver_and_backward(cfg, max_iter: int | None = None, tol: float | None = None):
+    """The solver and backward mode of one solve of an Attractor model (``AttractorConfig`` or
+    ``AttractorReasonerConfig``) with optional max_iter/tol overrides.
 
-
-def plain_steps(steps: int):
-    """``steps`` plain steps y ← f(y) and one more evaluation that measures the returned state, differentiated
-    through (the T = 1, 2 readouts): the solver and backward used for ``max_iter`` 1 and 2."""
-    return implicit.Picard(tol=0.0, max_iter=steps + 1, min_iter=steps + 1, keep_best=False), implicit.Unrolled()
-
-
-def make_backward(bc: BackwardConfig, sc: SolverConfig):
-    """The configured backward mode. An Anderson IFT adjoint inherits the forward window, mixing and ridge."""
-    if bc.kind == "neumann":
-        return implicit.Neumann(k=bc.k, clip=bc.clip)
-    if bc.kind == "phantom":
-        return implicit.Phantom(k=bc.k, damping=bc.damping)
-    if bc.kind == "unrolled":
-        return implicit.Unrolled()
-    solver = bc.solver
-    if solver == "anderson":
-        solver = implicit.Anderson(m=sc.m, beta=sc.beta, ridge=sc.ridge, restart=sc.restart)
-    return implicit.IFT(solver=solver, tol=bc.tol, max_iter=bc.max_iter)
+    ``max_iter`` 1 or 2: that many plain steps y ← f(y) and one more evaluation that measures the returned state,
+    differentiated through (the T = 1, 2 readouts; the configured backward is for a solved fixed point). Otherwise
+    ``cfg.solver`` with min_iter capped at max_iter and, without a tol override, the tolerance in force for the
+    compute dtype (``cfg.bf16_tol`` for bfloat16/float16, unless None), and ``cfg.backward``.
+    """
+    s = cfg.solver
+    mi = s.max_iter if max_iter is None else int(max_iter)
+    if mi < 0:
+        raise ValueError(f"{type(cfg).__name__}: max_iter={max_iter!r} must be >= 0")
+    if 0 < mi <= 2:
+        return implicit.Picard(tol=0.0, max_iter=mi + 1, min_iter=mi + 1, keep_best=False), implicit.Unrolled()
+    low = cfg.dtype in ("bfloat16", "float16") and cfg.bf16_tol is not None
+    t = float(tol) if tol is not None else cfg.bf16_tol if low else s.tol
+    return dataclasses.replace(s, tol=t, max_iter=mi, min_iter=min(s.min_iter, mi)), cfg.backward
 
 
 def _stacked_identity(key, shape, dtype):
@@ -149,14 +138,7 @@ class AttractorLM(nnx.Module):
         """Find y* = f(y*, c). Statistics are per token, ``[B, T]``. ``key`` draws the ``noise`` initial
         iterate (a fixed key when None); the other variants ignore it."""
         cfg = self.config
-        mi = cfg.solver.max_iter if max_iter is None else int(max_iter)
-        if mi < 0:
-            raise ValueError(f"AttractorLM: max_iter={max_iter!r} must be >= 0")
-        if 0 < mi <= 2:
-            solver, backward = plain_steps(mi)
-        else:
-            solver = make_solver(cfg.solver, mi, tol, cfg.dtype)
-            backward = make_backward(cfg.backward, cfg.solver)
+        solver, backward = solver_and_backward(cfg, max_iter, tol)
         graphdef, head_state = nnx.split(self.head)
         pos = None if positions_BT is None else positions_BT.astype(jnp.float32)
 
@@ -167,7 +149,7 @@ class AttractorLM(nnx.Module):
 
         # As in the reference, the iteration starts from a detached c; with max_iter=0 the solution *is* y0, the
         # identity of c, which must keep its gradient.
-        if mi == 0:
+        if solver.max_iter == 0:
             y0 = c_BTD
         elif cfg.solve_init == "zero":
             y0 = jnp.zeros_like(c_BTD)
@@ -176,7 +158,7 @@ class AttractorLM(nnx.Module):
             y0 = cfg.std * jax.random.normal(k, c_BTD.shape, c_BTD.dtype)
         else:
             y0 = jax.lax.stop_gradient(c_BTD)
-        if cfg.solver.mixing == "sequence":
+        if cfg.solve_mixing == "sequence":
             sol = implicit.fixed_point(f, y0, c_BTD, head_state, pos, solver=solver, backward=backward, batch_axis=0)
             t = c_BTD.shape[1]  # one statistic per sequence, reported on each of its tokens
             return implicit.Solution(sol.value, jax.tree_util.tree_map(
@@ -213,7 +195,7 @@ class AttractorLM(nnx.Module):
         ``solve_init="noise"`` uses it (to draw y₀), otherwise the solve is deterministic.
 
         aux: ``iterations`` (int32 [B, T], f-evaluations per token), ``residual`` (float32 [B, T],
-        ||f(y)−y||/||y|| of the returned y, per token; per sequence with ``mixing="sequence"``),
+        ||f(y)−y||/||y|| of the returned y, per token; per sequence with ``solve_mixing="sequence"``),
         ``converged``/``diverged`` (bool [B, T]), ``head_contribution`` (float32 [B],
         ||y*−c||/||c|| per sequence), ``state_norm``/``context_norm`` (mean token norms of y* and c), and the
         head's gate statistics ``gate_{attn,mlp}_{mean,max}`` ([n_fp_blocks]).

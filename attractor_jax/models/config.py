@@ -1,11 +1,12 @@
 """Model configurations: frozen dataclasses with defaults, (de)serialisable to plain dicts.
 
 ``GPTConfig``, ``ParcaeConfig`` and ``AttractorConfig`` share the transformer fields of ``LMConfig``; the
-attractor adds its head and solver settings (``SolverConfig``, ``BackwardConfig``). Field names are the CLI's
-override keys (``d_model=256``, ``solver.tol=1e-4``). The puzzle reasoners have their own configs with the
-reference's TRM field names: ``TRMConfig`` and ``AttractorReasonerConfig`` (TRM + solver settings).
-``config_to_dict``/``config_from_dict`` round-trip a config (with its architecture name) through JSON for
-checkpoints and results files.
+attractor adds its head and solve settings: ``solver`` and ``backward`` hold `attractor_jax.implicit` objects
+(``Anderson(...)``, ``Neumann(k=1)``), serialised as ``{"kind": ..., **fields}``. Field names are the CLI's
+override keys (``d_model=256``, ``solver.tol=1e-4``, ``backward.kind=ift``). The puzzle reasoners have their
+own configs with the reference's TRM field names: ``TRMConfig`` and ``AttractorReasonerConfig`` (TRM + solve
+settings). ``config_to_dict``/``config_from_dict`` round-trip a config (with its architecture name) through JSON
+for checkpoints and results files; ``config_from_dict`` also reads the flat solver dicts of older run directories.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ import dataclasses
 import math
 from typing import Any, ClassVar
 
+from attractor_jax import implicit
 from attractor_jax.nn.config import ATTENTION_IMPLS, DTYPES, MLP_TYPES, BlockConfig
 
-SOLVER_KINDS = ("anderson", "picard", "broyden")
 MIXINGS = ("token", "sequence")
-BACKWARD_KINDS = ("neumann", "ift", "phantom", "unrolled")
-IFT_SOLVERS = ("anderson", "picard", "broyden", "gmres")
 
 
 def _check_choice(owner: str, field: str, value: Any, choices: tuple) -> None:
@@ -33,87 +32,14 @@ def _check_positive(owner: str, **values: Any) -> None:
             raise ValueError(f"{owner}.{k}={v!r} must be a positive int")
 
 
-@dataclasses.dataclass(frozen=True)
-class SolverConfig:
-    """Forward solver of the attractor head (see ``attractor_jax.implicit``).
-
-    ``tol`` is the relative tolerance and ``atol`` the absolute one: a token exits when
-    ||f(y) − y|| <= atol + tol·||y||. ``beta``/``m``/``ridge``/``restart`` are Anderson's mixing, window, relative
-    ridge and restart safeguard; ``damping`` is Picard's; ``memory`` is Broyden's rank.
-
-    ``mixing``: ``"token"`` (default) solves per token along the causal sequence (``causal_axis``): each token has
-    its own Anderson weights and statistics, and freezes once it and every earlier token of its sequence pass the
-    exit test, which keeps the solve exactly causal. ``"sequence"`` is the reference's solver: one sample per
-    sequence (the flattened [T·d] state), one set of Anderson weights and one residual per sequence (reported on
-    every token of it); the batch stops when every sequence has converged. It is not exactly causal (a later
-    token's residual moves earlier tokens' weights and stopping), and it is the only choice for a non-causal head.
-
-    ``bf16_tol``: the relative tolerance used instead of ``tol`` when the model computes in bfloat16 or float16.
-    The head's products then carry ~2^-8 relative rounding, so f has a residual floor near 1e-3 relative below
-    which no solver converges; None keeps ``tol`` (and a tol below the floor then runs every token to max_iter).
-
-    ``max_iter`` 1 or 2 takes that many plain steps y ← f(y, c) (the paper's T = 1, 2 readouts), differentiated
-    through the steps (the configured backward is for a solved fixed point, not for a truncated iteration), plus
-    one evaluation that measures the residual of the returned state: ``iterations`` reports max_iter + 1.
-    """
-
-    kind: str = "anderson"
-    max_iter: int = 64
-    min_iter: int = 6
-    tol: float = 3e-4
-    atol: float = 0.0
-    m: int = 5
-    beta: float = 1.0
-    ridge: float = 1e-4
-    restart: bool = True
-    damping: float = 1.0
-    memory: int = 20
-    mixing: str = "token"
-    bf16_tol: float | None = 4e-3
-
-    def __post_init__(self):
-        _check_choice("solver", "kind", self.kind, SOLVER_KINDS)
-        _check_choice("solver", "mixing", self.mixing, MIXINGS)
-        if not (isinstance(self.max_iter, int) and self.max_iter >= 0):
-            raise ValueError(f"solver.max_iter={self.max_iter!r} must be an int >= 0")
-        if not (isinstance(self.min_iter, int) and self.min_iter >= 0):
-            raise ValueError(f"solver.min_iter={self.min_iter!r} must be an int >= 0")
-        if not self.tol >= 0:
-            raise ValueError(f"solver.tol={self.tol!r} must be >= 0")
-        if not self.atol >= 0:
-            raise ValueError(f"solver.atol={self.atol!r} must be >= 0")
-        if self.bf16_tol is not None and not self.bf16_tol >= 0:
-            raise ValueError(f"solver.bf16_tol={self.bf16_tol!r} must be >= 0 or None")
-
-    def tol_for(self, dtype: str) -> float:
-        """The relative tolerance in force for a compute dtype (``bf16_tol`` for bfloat16/float16)."""
-        low = dtype in ("bfloat16", "float16")
-        return self.bf16_tol if low and self.bf16_tol is not None else self.tol
-
-
-@dataclasses.dataclass(frozen=True)
-class BackwardConfig:
-    """Backward mode of the attractor head.
-
-    ``neumann``: u = v + Jᵀv + … + (Jᵀ)ᵏv (k=1 is the reference's "onestep", k=0 the paper's u = v), with a
-    per-sample ``clip``. ``ift``: solve (I − Jᵀ)u = v with ``solver`` (Anderson inherits the forward m/β),
-    ``tol`` and ``max_iter`` (None: the forward's). ``phantom``: backprop through ``k`` damped steps from y*.
-    ``unrolled``: through the whole solve. ``min_iter`` records the reference's backward min_iter; the adjoint
-    solve of ``attractor_jax.implicit`` has none (it stops at ``tol``).
-    """
-
-    kind: str = "neumann"
-    k: int = 1
-    clip: float | None = None
-    solver: str = "anderson"
-    tol: float | None = None
-    max_iter: int | None = None
-    min_iter: int = 0
-    damping: float = 1.0
-
-    def __post_init__(self):
-        _check_choice("backward", "kind", self.kind, BACKWARD_KINDS)
-        _check_choice("backward", "solver", self.solver, IFT_SOLVERS)
+def _check_solve(owner: str, cfg: Any) -> None:
+    """The solve settings shared by the Attractor LM and reasoner configs."""
+    if not isinstance(cfg.solver, implicit.Solver):
+        raise ValueError(f"{owner}.solver={cfg.solver!r} must be a solver ({_kinds(implicit.Solver)})")
+    if not isinstance(cfg.backward, implicit.Backward):
+        raise ValueError(f"{owner}.backward={cfg.backward!r} must be a backward mode ({_kinds(implicit.Backward)})")
+    if cfg.bf16_tol is not None and not cfg.bf16_tol >= 0:
+        raise ValueError(f"{owner}.bf16_tol={cfg.bf16_tol!r} must be >= 0 or None")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +187,16 @@ class AttractorConfig(LMConfig):
     * ``solve_init`` — the solver's first iterate y₀: ``"proposal"`` stop_gradient(c), ``"zero"`` 0, or
       ``"noise"`` N(0, std²) with the embedding init std sqrt(2/(5d)) (Parcae's "like-init" scale), drawn
       from the call's ``key`` (a fixed key when none is given, e.g. in evaluation).
+
+    Solve settings: ``solver`` and ``backward`` are `attractor_jax.implicit` objects (serialised as
+    ``{"kind": ..., **fields}``); ``solve_mixing`` and ``bf16_tol`` are the model's own. ``"token"`` mixing solves
+    per token along the causal sequence: each token has its own Anderson weights and statistics and freezes once
+    it and every earlier token pass the exit test, so the solve is exactly causal. ``"sequence"`` is the
+    reference's solver: one sample per sequence (the flattened [T·d] state), one residual per sequence (reported
+    on each of its tokens); not exactly causal, and the only choice for a non-causal head. In bfloat16/float16
+    the head's products carry ~2^-8 rounding, so f has a residual floor near 1e-3 relative; ``bf16_tol`` is the
+    tolerance used there instead of ``solver.tol``. ``max_iter`` 1 or 2 takes that many plain steps (see
+    ``attractor.solver_and_backward``).
     """
 
     arch: ClassVar[str] = "attractor"
@@ -271,8 +207,10 @@ class AttractorConfig(LMConfig):
     n_fp_blocks: int = 1
     layer_scale_init: float | None = 0.75
     gamma_max: float = 0.75
-    solver: SolverConfig = SolverConfig()
-    backward: BackwardConfig = BackwardConfig()
+    solver: implicit.Solver = implicit.Anderson(max_iter=64, min_iter=6, tol=3e-4)  # forward solver of the head
+    backward: implicit.Backward = implicit.Neumann(k=1)  # backward mode (the reference's one-step u = v + Jᵀv)
+    solve_mixing: str = "token"  # "token": per token, causally frozen; "sequence": per sequence (reference)
+    bf16_tol: float | None = 4e-3  # relative tol in force for bfloat16/float16 compute (None: solver.tol)
     fp_lr_scale: float = 0.5
     fp_wd: float = 0.1
     injection: str = "additive"
@@ -289,10 +227,12 @@ class AttractorConfig(LMConfig):
             )
         if not self.gamma_max > 0:
             raise ValueError(f"attractor.gamma_max={self.gamma_max!r} must be > 0")
-        if self.solver.mixing == "token" and not self.causal:
+        _check_solve("attractor", self)
+        _check_choice("attractor", "solve_mixing", self.solve_mixing, MIXINGS)
+        if self.solve_mixing == "token" and not self.causal:
             raise ValueError(
-                "attractor: solver.mixing='token' needs a causal head (causal=True); a non-causal head couples "
-                "every token with every other, so use solver.mixing='sequence'"
+                "attractor: solve_mixing='token' needs a causal head (causal=True); a non-causal head couples "
+                "every token with every other, so use solve_mixing='sequence'"
             )
 
 
@@ -437,15 +377,16 @@ class AttractorReasonerConfig(TRMConfig):
     solver converges.
     ``max_iter=0`` at call time removes the solver: z_L is left at its carried value (the map is not
     applied); 1 and 2 take that many plain steps. With ``dtype="bfloat16"`` the map itself is only accurate
-    to ~2e-3 (relative), so ``solver.tol`` must be at least ~3e-3 or the solver runs to ``max_iter``.
+    to ~2e-3 (relative), so the tolerance in force there is ``bf16_tol`` (as ``AttractorConfig``'s).
     """
 
     arch: ClassVar[str] = "attractor_reasoner"
 
     L_layers: int = 8
     out_init_scale: float = 0.25
-    solver: SolverConfig = SolverConfig(kind="anderson", max_iter=24, min_iter=0, tol=1e-3, m=5, beta=1.0)
-    backward: BackwardConfig = BackwardConfig(kind="phantom", k=2)
+    solver: implicit.Solver = implicit.Anderson(max_iter=24, tol=1e-3)  # forward solver of z_L
+    backward: implicit.Backward = implicit.Phantom(k=2)  # backward mode of the last H cycle's solve
+    bf16_tol: float | None = 4e-3  # relative tol in force for bfloat16/float16 compute (None: solver.tol)
     jacobian_weight: float = 0.0
     jacobian_samples: int = 1
 
@@ -454,31 +395,88 @@ class AttractorReasonerConfig(TRMConfig):
         if not self.jacobian_weight >= 0:
             raise ValueError(f"attractor_reasoner.jacobian_weight={self.jacobian_weight!r} must be >= 0")
         _check_positive("AttractorReasonerConfig", jacobian_samples=self.jacobian_samples)
-        if not isinstance(self.solver, SolverConfig) or not isinstance(self.backward, BackwardConfig):
-            raise ValueError("attractor_reasoner: solver/backward must be SolverConfig/BackwardConfig")
+        _check_solve("attractor_reasoner", self)
 
 
 REASONER_CONFIGS = (TRMConfig, AttractorReasonerConfig)
-ModelConfig = LMConfig | TRMConfig
 
 CONFIG_CLASSES: dict[str, type] = {
     c.arch: c for c in (GPTConfig, ParcaeConfig, AttractorConfig, TRMConfig, AttractorReasonerConfig)
 }
-_NESTED = {"solver": SolverConfig, "backward": BackwardConfig}
+_ROLES = {"solver": implicit.Solver, "backward": implicit.Backward}  # config fields holding implicit objects
+
+
+def _kinds(role: type) -> str:
+    return ", ".join(k for k, c in implicit.KINDS.items() if issubclass(c, role))
+
+
+def kind_dict(obj: Any) -> dict[str, Any]:
+    """A solver or backward mode as ``{"kind": ..., **fields}`` (its name in `attractor_jax.implicit.KINDS`)."""
+    return {"kind": obj.kind, **dataclasses.asdict(obj)}
+
+
+def _from_kind_dict(head: str, items: dict[str, Any], base: Any) -> Any:
+    """``base`` (the config's ``head`` object) updated by ``items``: fields replace its own; a new ``kind`` starts
+    from that kind's defaults and keeps the fields the two kinds share. A field the kind lacks raises ValueError."""
+    items = dict(items)
+    kind = items.pop("kind", base.kind)
+    cls = implicit.KINDS.get(kind)
+    if cls is None or not issubclass(cls, _ROLES[head]):
+        raise ValueError(f"{head}.kind={kind!r} is not valid; expected one of {_kinds(_ROLES[head])}")
+    names = _field_names(cls)
+    for k in items:
+        if k not in names:
+            raise ValueError(f"unknown config field {head + '.' + k!r}: {kind} has no field {k!r}; "
+                             f"valid fields of {head}: kind, {', '.join(names)}")
+    shared = {k: getattr(base, k) for k in _field_names(type(base)) if k in names}
+    return cls(**{**shared, **items})
+
+
+def _upgrade(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """Translate a config dict written before solver objects (flat ``solver``/``backward`` dicts holding every
+    kind's fields, and ``mixing``/``bf16_tol`` in ``solver``) to the current format: each object keeps the fields
+    its kind has, the rest (which the old code never read) is dropped, so the model computes bitwise as before."""
+    sv, bw = dict(d.get("solver") or {}), dict(d.get("backward") or {})
+    if not ({"mixing", "bf16_tol"} & sv.keys() or "min_iter" in bw):
+        return d
+    d, fields, base = dict(d), _field_names(cls), cls()
+    for old, new in (("mixing", "solve_mixing"), ("bf16_tol", "bf16_tol")):
+        if old in sv and new in fields:
+            d[new] = sv[old]
+    kinds = {"solver": sv.get("kind", base.solver.kind), "backward": bw.get("kind", base.backward.kind)}
+    for head, items in (("solver", sv), ("backward", bw)):
+        if items and kinds[head] in implicit.KINDS:  # (an unknown kind is reported by apply_overrides)
+            keep = _field_names(implicit.KINDS[kinds[head]])
+            d[head] = {k: v for k, v in items.items() if k == "kind" or k in keep}
+    # The old IFT Anderson adjoint took m/beta/ridge/restart from the solver settings whatever the forward kind;
+    # now it takes them from an Anderson forward only.
+    a = implicit.Anderson()
+    if (kinds["backward"] == "ift" and bw.get("solver", "anderson") == "anderson"
+            and kinds["solver"] in ("picard", "broyden")
+            and any(sv.get(k, getattr(a, k)) != getattr(a, k) for k in ("m", "beta", "ridge", "restart"))):
+        raise ValueError(f"config: this old config's IFT adjoint used the Anderson settings of a {kinds['solver']} "
+                         "forward solver, which the current format cannot express")
+    return d
 
 
 def config_to_dict(cfg: LMConfig) -> dict[str, Any]:
-    """A JSON-ready dict of ``cfg`` (nested configs as dicts) with its architecture under ``"arch"``."""
-    return {"arch": cfg.arch, **dataclasses.asdict(cfg)}
+    """A JSON-ready dict of ``cfg`` with its architecture under ``"arch"`` (solver objects via ``kind_dict``)."""
+    out = {"arch": cfg.arch}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = kind_dict(v) if f.name in _ROLES else v
+    return out
 
 
 def config_from_dict(d: dict[str, Any]) -> LMConfig:
-    """Inverse of ``config_to_dict``; unknown architectures or fields raise ValueError."""
+    """Inverse of ``config_to_dict`` (also reads the old flat solver format); unknown architectures or fields
+    raise ValueError."""
     d = dict(d)
     arch = d.pop("arch", None)
     if arch not in CONFIG_CLASSES:
         raise ValueError(f"config arch={arch!r} is not known; expected one of {sorted(CONFIG_CLASSES)}")
-    return apply_overrides(CONFIG_CLASSES[arch](), d)
+    cls = CONFIG_CLASSES[arch]
+    return apply_overrides(cls(), _upgrade(cls, d))
 
 
 def _field_names(cls) -> list[str]:
@@ -486,8 +484,9 @@ def _field_names(cls) -> list[str]:
 
 
 def apply_overrides(cfg: LMConfig, overrides: dict[str, Any]) -> LMConfig:
-    """Return ``cfg`` with fields replaced. Keys are plain (``d_model``) or dotted (``solver.tol``); a nested
-    config may also be given whole as a dict or instance (``solver={"tol": 1e-4}``). Unknown fields raise
+    """Return ``cfg`` with fields replaced. Keys are plain (``d_model``) or dotted into the solver objects
+    (``solver.tol``, ``backward.kind``); ``solver``/``backward`` may also be given whole as an object or as a
+    dict (``solver={"kind": "picard", "damping": 0.5}``; see ``_from_kind_dict``). Unknown fields raise
     ValueError."""
     top: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {}
@@ -498,23 +497,12 @@ def apply_overrides(cfg: LMConfig, overrides: dict[str, Any]) -> LMConfig:
             raise ValueError(
                 f"unknown config field {key!r} for {type(cfg).__name__}; valid fields: {', '.join(valid)}"
             )
-        if rest or (head in _NESTED and isinstance(value, dict)):
-            cls = _NESTED.get(head)
-            if cls is None:
-                raise ValueError(
-                    f"config field {head!r} of {type(cfg).__name__} has no sub-fields (got {key!r})"
-                )
-            items = {rest: value} if rest else value
-            for sub in items:
-                if sub not in _field_names(cls):
-                    raise ValueError(
-                        f"unknown config field {head + '.' + sub!r}; valid fields of {head}: "
-                        f"{', '.join(_field_names(cls))}"
-                    )
-            nested.setdefault(head, {}).update(items)
+        if head in _ROLES and (rest or isinstance(value, dict)):
+            nested.setdefault(head, {}).update({rest: value} if rest else value)
+        elif rest:
+            raise ValueError(f"config field {head!r} of {type(cfg).__name__} has no sub-fields (got {key!r})")
         else:
             top[key] = value
     for head, items in nested.items():
-        base = top.get(head, getattr(cfg, head))
-        top[head] = dataclasses.replace(base, **items)
+        top[head] = _from_kind_dict(head, items, top.get(head, getattr(cfg, head)))
     return dataclasses.replace(cfg, **top)

@@ -16,14 +16,13 @@ take a train step in about a second on two CPU cores.
 
 from __future__ import annotations
 
+from attractor_jax.implicit import IFT, Anderson, Neumann
 from attractor_jax.models.config import (
     AttractorConfig,
     AttractorReasonerConfig,
-    BackwardConfig,
     GPTConfig,
     LMConfig,
     ParcaeConfig,
-    SolverConfig,
     TRMConfig,
 )
 
@@ -31,8 +30,6 @@ _TINY = dict(vocab_size=256, d_model=128, n_heads=4, mlp_dim=512, max_seq_len=25
 
 _SUDOKU = dict(vocab_size=11, seq_len=81)
 _MAZE = dict(vocab_size=6, seq_len=900)
-_REASONER_SOLVER = SolverConfig(kind="anderson", max_iter=24, min_iter=0, tol=1e-3, m=5, beta=1.0)
-_PHANTOM2 = BackwardConfig(kind="phantom", k=2)
 _TINY_REASONER = dict(hidden_size=128, num_heads=4, L_layers=2, puzzle_emb_len=4, halt_max_steps=8)
 
 PRESETS: dict[str, LMConfig | TRMConfig] = {
@@ -45,8 +42,8 @@ PRESETS: dict[str, LMConfig | TRMConfig] = {
         n_fp_blocks=1,
         layer_scale_init=0.75,
         gamma_max=0.75,
-        solver=SolverConfig(kind="anderson", max_iter=64, min_iter=6, tol=3e-4, m=5, beta=1.0),
-        backward=BackwardConfig(kind="neumann", k=1, clip=None, max_iter=64, min_iter=6, tol=3e-4),
+        solver=Anderson(max_iter=64, min_iter=6, tol=3e-4, m=5, beta=1.0),
+        backward=Neumann(k=1),
         fp_lr_scale=0.5,
         fp_wd=0.1,
     ),
@@ -59,8 +56,8 @@ PRESETS: dict[str, LMConfig | TRMConfig] = {
         n_fp_blocks=2,
         layer_scale_init=0.75,
         gamma_max=1.0,
-        solver=SolverConfig(kind="anderson", max_iter=64, min_iter=8, tol=2e-4, m=5, beta=1.0),
-        backward=BackwardConfig(kind="neumann", k=1, clip=None, max_iter=64, min_iter=6, tol=2e-4),
+        solver=Anderson(max_iter=64, min_iter=8, tol=2e-4, m=5, beta=1.0),
+        backward=Neumann(k=1),
         fp_lr_scale=0.4,
         fp_wd=0.1,
     ),
@@ -73,8 +70,8 @@ PRESETS: dict[str, LMConfig | TRMConfig] = {
         n_fp_blocks=2,
         layer_scale_init=0.73,
         gamma_max=0.9,
-        solver=SolverConfig(kind="anderson", max_iter=32, min_iter=6, tol=1.5e-4, m=5, beta=0.96),
-        backward=BackwardConfig(kind="ift", solver="anderson", max_iter=32, min_iter=6, tol=1.5e-4, clip=2.0),
+        solver=Anderson(max_iter=32, min_iter=6, tol=1.5e-4, m=5, beta=0.96),
+        backward=IFT(solver="anderson", max_iter=32, tol=1.5e-4),  # the adjoint inherits m and beta
         fp_lr_scale=0.4,
         fp_wd=0.1,
     ),
@@ -104,8 +101,8 @@ PRESETS: dict[str, LMConfig | TRMConfig] = {
         n_fp_blocks=1,
         layer_scale_init=0.1,
         gamma_max=1.0,
-        solver=SolverConfig(kind="anderson", max_iter=16, min_iter=2, tol=1e-3, m=5, beta=1.0),
-        backward=BackwardConfig(kind="neumann", k=1),
+        solver=Anderson(max_iter=16, min_iter=2, tol=1e-3, m=5, beta=1.0),
+        backward=Neumann(k=1),
         fp_lr_scale=0.5,
         fp_wd=0.1,
     ),
@@ -123,25 +120,21 @@ PRESETS: dict[str, LMConfig | TRMConfig] = {
         pos_encodings="none",
     ),
     "trm-maze-7m": TRMConfig(name="trm-maze-7m", **_MAZE, L_layers=2, H_cycles=3, L_cycles=4),
+    # The Attractor reasoners use the config's solve defaults: Anderson (m 5, tol 1e-3, at most 24 evaluations)
+    # and the phantom gradient through k = 2 steps.
     "attractor-sudoku-27m": AttractorReasonerConfig(
-        name="attractor-sudoku-27m", **_SUDOKU, L_layers=8, H_cycles=3, out_init_scale=0.25,
-        solver=_REASONER_SOLVER, backward=_PHANTOM2,
+        name="attractor-sudoku-27m", **_SUDOKU, L_layers=8, H_cycles=3, out_init_scale=0.25
     ),
     "attractor-maze-27m": AttractorReasonerConfig(
-        name="attractor-maze-27m", **_MAZE, L_layers=8, H_cycles=3, out_init_scale=0.25,
-        solver=_REASONER_SOLVER, backward=_PHANTOM2,
+        name="attractor-maze-27m", **_MAZE, L_layers=8, H_cycles=3, out_init_scale=0.25
     ),
     "trm-sudoku-tiny": TRMConfig(name="trm-sudoku-tiny", **_SUDOKU, **_TINY_REASONER, H_cycles=3, L_cycles=4),
     "trm-maze-tiny": TRMConfig(name="trm-maze-tiny", **_MAZE, **_TINY_REASONER, H_cycles=3, L_cycles=4),
     "attractor-sudoku-tiny": AttractorReasonerConfig(
-        name="attractor-sudoku-tiny", **_SUDOKU, **_TINY_REASONER, H_cycles=3, out_init_scale=0.5,
-        solver=_REASONER_SOLVER,
-        backward=_PHANTOM2,
+        name="attractor-sudoku-tiny", **_SUDOKU, **_TINY_REASONER, H_cycles=3, out_init_scale=0.5
     ),
     "attractor-maze-tiny": AttractorReasonerConfig(
-        name="attractor-maze-tiny", **_MAZE, **_TINY_REASONER, H_cycles=3, out_init_scale=0.5,
-        solver=_REASONER_SOLVER,
-        backward=_PHANTOM2,
+        name="attractor-maze-tiny", **_MAZE, **_TINY_REASONER, H_cycles=3, out_init_scale=0.5
     ),
 }
 

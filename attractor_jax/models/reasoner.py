@@ -55,14 +55,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attractor_jax import implicit
-from attractor_jax.models.attractor import make_backward, make_solver, plain_steps
-from attractor_jax.models.config import AttractorReasonerConfig, TRMConfig
+from attractor_jax.models.attractor import solver_and_backward
+from attractor_jax.models.config import TRMConfig
 from attractor_jax.nn import Embed, Linear
 from attractor_jax.nn.attention import dot_product_attention
 from attractor_jax.nn.init import constant_init, param, zeros_init
 
 IGNORE_LABEL_ID = -100
-DATA_KEYS = ("inputs", "labels", "puzzle_identifiers")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -459,15 +458,6 @@ class AttractorReasoner(TRM):
     uses the configured backward (default: phantom gradient through k = 2 steps from the detached z_L*).
     """
 
-    def _solver(self, max_iter, tol):
-        sc = self.config.solver
-        mi = sc.max_iter if max_iter is None else int(max_iter)
-        if mi < 0:
-            raise ValueError(f"AttractorReasoner: max_iter={max_iter!r} must be >= 0")
-        if 0 < mi <= 2:  # plain steps, differentiated through when training (as AttractorLM)
-            return plain_steps(mi)
-        return make_solver(sc, mi, tol, self.config.dtype), make_backward(self.config.backward, sc)
-
     def l_map(self, z_BTD: jax.Array, ctx_BTD: jax.Array) -> jax.Array:
         """The fixed-point map f(z) = L(z + ctx) (ctx = z_H + x)."""
         return self.L_level(z_BTD, ctx_BTD, self._cos_sin())
@@ -476,12 +466,12 @@ class AttractorReasoner(TRM):
               tol: float | None = None) -> implicit.Solution:
         """Forward solve of z = L(z + ctx) from ``z_L`` with the configured solver (overrides as in
         ``__call__``); per-sample statistics ``[B]``. For diagnostics: no backward mode is attached."""
-        solver, _ = self._solver(max_iter, tol)
+        solver, _ = solver_and_backward(self.config, max_iter, tol)
         return implicit.fixed_point(self.l_map, z_L, ctx, solver=solver, backward=implicit.IFT(),
                                     batch_axis=0)
 
     def _l_phase(self, L, state, z_L, ctx, *, grad: bool, train: bool, max_iter, tol):
-        solver, backward = self._solver(max_iter, tol)
+        solver, backward = solver_and_backward(self.config, max_iter, tol)
         if not (grad and train):
             backward = implicit.IFT()  # forward only: its custom VJP is never called on detached inputs
 
@@ -490,13 +480,12 @@ class AttractorReasoner(TRM):
 
         sol = implicit.fixed_point(f, z_L, ctx, state, solver=solver, backward=backward, batch_axis=0)
         st = sol.stats
-        extra = backward.k if isinstance(backward, implicit.Phantom) else 0
         stats = {
             "solver_iterations": st.iterations,
             "solver_residual": st.residual,
             "solver_converged": st.converged,
             "solver_diverged": st.diverged,
-            "nfe": st.iterations + extra + 1,  # + the z_H update of the cycle
+            "nfe": st.iterations + backward.extra_evals() + 1,  # + the z_H update of the cycle
         }
         return sol.value, stats
 
@@ -540,12 +529,8 @@ class AttractorReasoner(TRM):
         return c.jacobian_weight * pen
 
 
-REASONER_CLASSES = {TRMConfig: TRM, AttractorReasonerConfig: AttractorReasoner}
-
 __all__ = [
-    "DATA_KEYS",
     "IGNORE_LABEL_ID",
-    "REASONER_CLASSES",
     "TRM",
     "AttractorReasoner",
     "InitState",

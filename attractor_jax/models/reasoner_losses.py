@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from attractor_jax.implicit import SolverStats
 from attractor_jax.models.reasoner import IGNORE_LABEL_ID
 
 LOSS_TYPES = ("stablemax", "softmax")
@@ -144,18 +145,8 @@ def solver_metrics(outputs: dict) -> dict:
     out = {"nfe": jnp.mean(outputs["nfe"].astype(jnp.float32))} if "nfe" in outputs else {}
     if "solver_iterations" not in outputs:
         return out
-    it = outputs["solver_iterations"].astype(jnp.float32)
-    res = outputs["solver_residual"]
-    res = jnp.where(jnp.isfinite(res), res, 0.0)
-    out.update(
-        solver_iters=jnp.mean(it),
-        solver_iters_max=jnp.max(it),
-        solver_residual=jnp.mean(res),
-        solver_residual_max=jnp.max(res),
-        solver_converged=jnp.mean(outputs["solver_converged"].astype(jnp.float32)),
-        solver_diverged=jnp.mean(outputs["solver_diverged"].astype(jnp.float32)),
-    )
-    return out
+    keys = ("solver_iterations", "solver_residual", "solver_converged", "solver_diverged")
+    return {**out, **SolverStats(*(outputs[k] for k in keys)).summary()}
 
 
 __all__ = [

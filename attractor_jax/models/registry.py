@@ -22,6 +22,7 @@ from attractor_jax.models.config import (
     TRMConfig,
     apply_overrides,
     config_to_dict,
+    kind_dict,
 )
 from attractor_jax.models.gpt import GPT
 from attractor_jax.models.parcae import Parcae
@@ -76,6 +77,8 @@ _NON_PARAM_FIELDS = (
     "name",
     "solver",
     "backward",
+    "solve_mixing",
+    "bf16_tol",
     "dtype",
     "attention_impl",
     "fp_lr_scale",
@@ -202,11 +205,11 @@ def _depth_settings(cfg: LMConfig) -> dict[str, Any] | None:
         rec = {k: getattr(cfg, k) for k in keys}
         out = {"recursion": rec}
         if isinstance(cfg, AttractorReasonerConfig):
-            out.update(solver=dataclasses.asdict(cfg.solver), backward=dataclasses.asdict(cfg.backward))
+            out.update(solver=kind_dict(cfg.solver), backward=kind_dict(cfg.backward))
             rec.pop("L_cycles")
         return out
     if isinstance(cfg, AttractorConfig):
-        return {"solver": dataclasses.asdict(cfg.solver), "backward": dataclasses.asdict(cfg.backward)}
+        return {"solver": kind_dict(cfg.solver), "backward": kind_dict(cfg.backward)}
     if isinstance(cfg, ParcaeConfig):
         return {
             "recurrence": {
@@ -234,20 +237,10 @@ def preset_summary(name: str | LMConfig, **overrides: Any) -> dict[str, Any]:
     }
 
 
-def _solver_lines(d: dict) -> list[str]:
-    sv, bw = d["solver"], d["backward"]
-    line = (
-        f"  solver: {sv['kind']} max_iter={sv['max_iter']} min_iter={sv['min_iter']} tol={sv['tol']:g} "
-        f"m={sv['m']} beta={sv['beta']}"
-    )
-    bwd = f"  backward: {bw['kind']}"
-    if bw["kind"] == "neumann":
-        bwd += f" k={bw['k']} clip={bw['clip']}"
-    elif bw["kind"] == "ift":
-        bwd += f" solver={bw['solver']} max_iter={bw['max_iter']} tol={bw['tol']}"
-    elif bw["kind"] == "phantom":
-        bwd += f" k={bw['k']} damping={bw['damping']}"
-    return [line, bwd]
+def _solver_lines(d: dict, cfg: dict) -> list[str]:
+    solve = {k: cfg[k] for k in ("solve_mixing", "bf16_tol") if k in cfg}
+    return [f"  {head}: " + " ".join([items["kind"]] + [f"{k}={v}" for k, v in items.items() if k != "kind"])
+            for head, items in (("solver", {**d["solver"], **solve}), ("backward", d["backward"]))]
 
 
 def _describe_reasoner(s: dict) -> str:
@@ -275,7 +268,7 @@ def _describe_reasoner(s: dict) -> str:
         f"exploration={r['halt_exploration_prob']}; mlp_t={cfg['mlp_t']} pos={cfg['pos_encodings']}"
     )
     if "solver" in d:
-        lines += _solver_lines(d)
+        lines += _solver_lines(d, cfg)
         lines.append(f"  jacobian penalty: {cfg['jacobian_weight']:g} ({cfg['jacobian_samples']} probe(s))")
     return "\n".join(lines)
 
@@ -300,7 +293,7 @@ def describe_preset(name: str | LMConfig, **overrides: Any) -> str:
         lines.append(f"    reference total  {s['reference_total']:>15,}  ({dev:+.2f}%)")
     d = s["depth"]
     if d and "solver" in d:
-        lines += _solver_lines(d)
+        lines += _solver_lines(d, cfg)
         lines.append(
             f"  head: {cfg['n_fp_blocks']} block(s), gates init {cfg['layer_scale_init']} / max "
             f"{cfg['gamma_max']}; backbone {cfg['n_backbone_layers']} layers"

@@ -68,15 +68,7 @@ def flops_per_token(model_config: Any, counts: Mapping[str, Any], seq_len: int,
 def backward_vjps(model_config: Any) -> float:
     """VJPs through the attractor head per training step implied by its backward mode (1 for other models)."""
     bk = getattr(model_config, "backward", None)
-    if bk is None:
-        return 1.0
-    if bk.kind == "neumann":
-        return float(bk.k + 1)
-    if bk.kind == "phantom":
-        return float(bk.k)
-    if bk.kind == "unrolled":
-        return float(model_config.solver.max_iter)
-    return float(bk.max_iter or model_config.solver.max_iter) + 1.0  # IFT: at most this many
+    return 1.0 if bk is None else bk.vjps(model_config.solver.max_iter)
 
 
 class MetricsWriter:

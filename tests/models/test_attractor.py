@@ -7,6 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
+import attractor_jax as aj
 import attractor_jax.models as M
 
 SMALL = dict(d_model=64, n_heads=2, mlp_dim=128, n_backbone_layers=2)
@@ -200,7 +201,7 @@ def test_bfloat16_converges_at_its_tolerance_after_training():
     assert float(bf16.converged.mean()) >= 0.95, float(bf16.converged.mean())
     it32, it16 = float(f32.iterations.mean()), float(bf16.iterations.mean())
     assert it16 <= 1.5 * it32, (it16, it32)
-    assert float(bf16.residual.max()) <= cfg.solver.bf16_tol
+    assert float(bf16.residual.max()) <= cfg.bf16_tol
     # The residual reported is that of the returned state. In bf16 a second evaluation of f in another compiled
     # program rounds differently (measured: up to 2.4e-4 absolute), so it agrees only to that noise there.
     np.testing.assert_allclose(np.asarray(out["float32"][0].residual), np.asarray(out["float32"][1]), rtol=1e-4,
@@ -208,12 +209,14 @@ def test_bfloat16_converges_at_its_tolerance_after_training():
     np.testing.assert_allclose(np.asarray(out["bfloat16"][0].residual), np.asarray(out["bfloat16"][1]), atol=5e-4)
 
 
-def test_every_backward_kind_builds():
-    sc = M.SolverConfig(beta=0.96)
-    kinds = {
-        k: M.make_backward(M.BackwardConfig(kind=k), sc) for k in ("neumann", "ift", "phantom", "unrolled")
-    }
-    assert kinds["ift"].solver.beta == 0.96
-    assert M.make_solver(sc, max_iter=7, tol=1e-2).max_iter == 7
+def test_solver_and_backward_of_a_call():
+    cfg = M.get_config("attractor-tiny", **{"solver.beta": 0.96, "backward.kind": "ift"})
+    solver, backward = M.solver_and_backward(cfg, max_iter=7, tol=1e-2)
+    assert (solver.max_iter, solver.min_iter, solver.tol, solver.beta) == (7, 2, 1e-2, 0.96)
+    assert backward is cfg.backward and backward.adjoint_solver(solver).beta == 0.96  # inherits the forward's
+    assert M.solver_and_backward(cfg, max_iter=1)[1] == aj.Unrolled()  # plain steps
+    assert M.solver_and_backward(cfg, max_iter=0)[0].max_iter == 0
+    assert M.solver_and_backward(M.get_config(cfg, dtype="bfloat16"))[0].tol == cfg.bf16_tol
+    assert M.solver_and_backward(M.get_config(cfg, dtype="bfloat16", bf16_tol=None))[0].tol == cfg.solver.tol
     with pytest.raises(ValueError, match="max_iter"):
         M.create_model("attractor-tiny", **SMALL)(_tokens(), max_iter=-1)
