@@ -14,6 +14,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from attractor_jax.implicit import SolverStats
 from attractor_jax.models import build_model, get_config, param_counts
 from attractor_jax.models.config import LMConfig
 from attractor_jax.train import sharding as shd
@@ -46,12 +47,7 @@ def model_metrics(aux: dict) -> dict[str, jax.Array]:
     """Scalar summaries of a model's aux outputs (solver statistics, gates, Parcae depths)."""
     out = {}
     if "iterations" in aux:
-        it = aux["iterations"].astype(jnp.float32)
-        out.update(solver_iters=it.mean(), solver_iters_max=it.max(),
-                   solver_residual=jnp.mean(jnp.where(jnp.isfinite(aux["residual"]), aux["residual"], 0.0)),
-                   solver_residual_max=jnp.max(jnp.where(jnp.isfinite(aux["residual"]), aux["residual"], 0.0)),
-                   solver_converged=aux["converged"].astype(jnp.float32).mean(),
-                   solver_diverged=aux["diverged"].astype(jnp.float32).mean())
+        out.update(SolverStats(aux["iterations"], aux["residual"], aux["converged"], aux["diverged"]).summary())
     if "head_contribution" in aux:
         out["head_contribution"] = aux["head_contribution"].mean()
     for k, v in aux.items():
