@@ -4,6 +4,7 @@ saved afresh when the run reaches them again."""
 
 import json
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -107,21 +108,35 @@ def test_checksums_detect_any_changed_word():
     assert base["['w']"][:8] == f"{int(np.sum(words * m1, dtype=np.uint32)):08x}"
 
 
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):  # noqa: F811
+    """One finished 8-step run (checkpoints at 4 and 8), its losses and final parameters; tests copy it."""
+    run = small_run(corpus, steps=8)
+    wd = tmp_path_factory.mktemp("trained") / "run"
+    train(run, wd)
+    losses = [r["loss"] for r in read_metrics(wd) if "loss" in r]
+    return run, wd, losses, final_params(wd, run)
+
+
+def _copy(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
 def _largest_array_file(step_dir: pathlib.Path) -> pathlib.Path:
     files = [f for f in (step_dir / "state").rglob("*") if f.is_file() and "metadata" not in f.name]
     return max(files, key=lambda f: f.stat().st_size)
 
 
-def test_corrupted_bytes_are_caught_by_checksums_and_skipped(corpus, tmp_path, capfd):  # noqa: F811
-    run = small_run(corpus, steps=8)
-    train(run, tmp_path)
+def test_corrupted_bytes_are_caught_by_checksums_and_skipped(trained, tmp_path, capfd):
+    wd = _copy(trained[1], tmp_path / "run")
     capfd.readouterr()
-    target = _largest_array_file(tmp_path / "checkpoints" / "8")
+    target = _largest_array_file(wd / "checkpoints" / "8")
     data = bytearray(target.read_bytes())
     off = len(data) // 2
     data[off:off + 64] = np.random.default_rng(1).integers(0, 256, 64, dtype=np.uint8).tobytes()
     target.write_bytes(bytes(data))
-    res = evaluate(tmp_path, depths=[None])
+    res = evaluate(wd, depths=[None])
     assert res["step"] == 4
     err = capfd.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
@@ -130,12 +145,9 @@ def test_corrupted_bytes_are_caught_by_checksums_and_skipped(corpus, tmp_path, c
     assert "checksum mismatch" in lines[0] or "Error" in lines[0]
 
 
-def test_damaged_step_is_discarded_and_saved_afresh_on_resume(corpus, tmp_path, capfd):  # noqa: F811
-    run = small_run(corpus, steps=8)
-    ref = tmp_path / "ref"
-    train(run, ref)
-    wd = tmp_path / "run"
-    train(run, wd)
+def test_damaged_step_is_discarded_and_saved_afresh_on_resume(trained, tmp_path, capfd):
+    run, src, ref_losses, (s_ref, p_ref) = trained
+    wd = _copy(src, tmp_path / "run")
     for f in (wd / "checkpoints" / "8" / "state").rglob("*"):
         if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
@@ -149,8 +161,7 @@ def test_damaged_step_is_discarded_and_saved_afresh_on_resume(corpus, tmp_path, 
     train(run, wd)
     err = capfd.readouterr().err
     assert "discarded damaged checkpoint step 8" in err
-    assert [r["loss"] for r in read_metrics(wd) if "loss" in r] == [r["loss"] for r in read_metrics(ref) if "loss" in r]
-    s_ref, p_ref = final_params(ref, run)
+    assert [r["loss"] for r in read_metrics(wd) if "loss" in r] == ref_losses
     s_run, p_run = final_params(wd, run)
     assert s_ref == s_run == 8
     for a, b in zip(p_ref, p_run):
