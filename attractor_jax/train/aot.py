@@ -348,23 +348,6 @@ def _replication_notes(report: dict, sizes: dict) -> list[str]:
     return notes
 
 
-def _memory(compiled) -> dict[str, Any]:
-    m = compiled.memory_analysis()
-    mem = {
-        "arguments": int(m.argument_size_in_bytes),
-        "outputs": int(m.output_size_in_bytes),
-        "aliased": int(m.alias_size_in_bytes),
-        "temps": int(m.temp_size_in_bytes),
-        "generated_code": int(m.generated_code_size_in_bytes),
-    }
-    summed = mem["arguments"] + mem["outputs"] - mem["aliased"] + mem["temps"] + mem["generated_code"]
-    peak = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
-    mem["peak"] = peak or None
-    # The compiler's live-range peak when it reports one (buffers are reused, so it can be below the sum).
-    mem["total"] = peak or summed
-    return mem
-
-
 def compile_train_step(run, topology: Topology | str, *, devices: Sequence | None = None) -> dict:
     """Lower and compile ``run``'s train step for ``topology``; return the per-chip memory report.
 
@@ -372,6 +355,7 @@ def compile_train_step(run, topology: Topology | str, *, devices: Sequence | Non
     step is the one the trainer runs (`Task.jit_train_step`). Raises `AOTError` for bad input; a step that does
     not fit in HBM returns ``fits: False`` with the compiler's message.
     """
+    from attractor_jax.train.rundir import memory_report
     from attractor_jax.train.tasks import make_task
 
     topo = parse_topology(topology) if isinstance(topology, str) else topology
@@ -394,7 +378,7 @@ def compile_train_step(run, topology: Topology | str, *, devices: Sequence | Non
                       error=msg.strip().splitlines()[0][:500], memory_per_chip=_oom_numbers(msg))
         return report
     t2 = time.perf_counter()
-    mem = _memory(compiled)
+    mem = memory_report(compiled)
     try:
         collectives = _count_collectives(compiled.as_text())
     except Exception:  # noqa: BLE001 - the op counts are informative only

@@ -7,7 +7,7 @@ Every checkpoint is one `CheckpointManager` step with three items:
 * ``meta``   JSON: the run config, the step, the wall-clock time and a content checksum of every array of
   ``state`` (`tree_checksums`).
 
-Guarantees (each tested in ``tests/train/test_checkpoint.py``):
+Guarantees (each tested in ``tests/train/test_reliability.py``):
 
 * **Atomic steps.** Orbax finalises a step only after every item is written (temporary folder, then rename), so
   a run killed mid-save leaves the previous checkpoint as the latest.
@@ -30,9 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-
-log = logging.getLogger(__name__)
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Content checksums: computed on device, for the logical (global) array, so independent of sharding.
@@ -136,7 +133,6 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                  create=True),
         )
-        self.discarded: list[tuple[int, str]] = []
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -195,7 +191,6 @@ class Checkpointer:
     def _discard(self, damaged: list[tuple[int, str]]) -> None:
         for step, reason in damaged:
             self.manager.delete(step)
-            self.discarded.append((step, reason))
             print(f"warning: discarded damaged checkpoint step {step} ({reason}); it is saved afresh when the "
                   "run reaches it again", file=sys.stderr)
 

@@ -96,8 +96,8 @@ class RunDirectory:
                 d.get(section, {}).pop(key, None)
             return d
 
-        if comparable(old) != comparable(config):
-            a, b = comparable(old), comparable(config)
+        a, b = comparable(old), comparable(config)
+        if a != b:
             diff = sorted(f"{s}.{k}" for s in set(a) | set(b) for k in set(a.get(s, {})) | set(b.get(s, {}))
                           if a.get(s, {}).get(k) != b.get(s, {}).get(k))
             raise ValueError(f"workdir {str(self.path)!r} holds a run with a different configuration "
@@ -138,20 +138,34 @@ class RunDirectory:
 # Memory
 
 
-def compiled_bytes(compiled: Any) -> int | None:
-    """Per-device bytes of a compiled executable: the compiler's peak when reported, else arguments + outputs
-    − aliased (donated) + temporaries + code. None when the backend gives no analysis."""
+def memory_report(compiled: Any) -> dict[str, Any] | None:
+    """Per-device bytes of a compiled executable from ``memory_analysis()``: arguments, outputs, aliased
+    (donated), temps, generated_code, the compiler's ``peak`` (None when not reported) and ``total`` (the peak,
+    else arguments + outputs − aliased + temps + code). None when the backend gives no analysis."""
     try:
         m = compiled.memory_analysis()
     except Exception:  # noqa: BLE001 - some backends do not implement it
         return None
     if m is None:
         return None
-    peak = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
-    if peak:
-        return peak
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
-               + m.generated_code_size_in_bytes)
+    mem: dict[str, Any] = {
+        "arguments": int(m.argument_size_in_bytes),
+        "outputs": int(m.output_size_in_bytes),
+        "aliased": int(m.alias_size_in_bytes),
+        "temps": int(m.temp_size_in_bytes),
+        "generated_code": int(m.generated_code_size_in_bytes),
+    }
+    summed = mem["arguments"] + mem["outputs"] - mem["aliased"] + mem["temps"] + mem["generated_code"]
+    mem["peak"] = int(getattr(m, "peak_memory_in_bytes", 0) or 0) or None
+    # The compiler's live-range peak when it reports one (buffers are reused, so it can be below the sum).
+    mem["total"] = mem["peak"] or summed
+    return mem
+
+
+def compiled_bytes(compiled: Any) -> int | None:
+    """Per-device bytes of a compiled executable (`memory_report`'s total)."""
+    mem = memory_report(compiled)
+    return None if mem is None else mem["total"]
 
 
 def _host_available_bytes() -> int | None:

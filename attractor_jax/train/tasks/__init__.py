@@ -26,13 +26,12 @@ from attractor_jax.train.tasks.lm import LMTask
 from attractor_jax.train.tasks.puzzle import PuzzleTask
 
 
-def make_task(run, *, devices=None, workdir=None, validate: bool = True) -> Task:
+def make_task(run, *, devices=None, validate: bool = True) -> Task:
     """The task of ``run``: a `PuzzleTask` for reasoner models, an `LMTask` otherwise. With ``validate``,
-    everything that can be checked before a run writes anything is checked (data, sizes, mesh, dtype) and
-    ``workdir``, when given, may not hold a run of another configuration."""
+    everything that can be checked before a run writes anything is checked (data, sizes, mesh, dtype)."""
     if is_reasoner(run.model):
-        return PuzzleTask(run, devices=devices, workdir=workdir, validate=validate)
-    return LMTask(run, devices=devices, workdir=workdir, validate=validate)
+        return PuzzleTask(run, devices=devices, validate=validate)
+    return LMTask(run, devices=devices, validate=validate)
 
 
 __all__ = ["LMTask", "PuzzleTask", "Task", "make_task"]

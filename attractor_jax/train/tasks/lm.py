@@ -202,7 +202,7 @@ class LMTask(Task):
     kind = "lm"
     rate_key = "tokens_per_s"
 
-    def __init__(self, run: RunConfig, *, devices=None, workdir=None, validate: bool = True):
+    def __init__(self, run: RunConfig, *, devices=None, validate: bool = True):
         if validate:
             validate_run(run)
         s = setup(run, devices)

@@ -107,7 +107,7 @@ class PuzzleTask(Task):
     kind = "puzzle"
     rate_key = "rows_per_s"  # rows (puzzle examples) advanced by one supervision step per second
 
-    def __init__(self, run, *, devices=None, workdir=None, validate: bool = True):
+    def __init__(self, run, *, devices=None, validate: bool = True):
         if validate:
             run = validate_puzzle_run(run)
         self.run = run
