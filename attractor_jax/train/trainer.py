@@ -37,7 +37,7 @@ from attractor_jax.train.tasks import Task, make_task
 from attractor_jax.train.tasks.lm import TrainState, cross_entropy, data_pipelines, make_steps, setup
 
 __all__ = ["DataConfig", "RunConfig", "TrainConfig", "TrainState", "apply_sets", "cross_entropy",
-           "data_pipelines", "evaluate", "make_steps", "setup", "train"]
+           "data_pipelines", "evaluate", "load_model", "make_steps", "restore_state", "setup", "train"]
 
 
 def restore_or_init(ckpt: Checkpointer, task: Task, data_iter: Any, workdir: pathlib.Path) -> tuple[int, Any]:
@@ -172,6 +172,32 @@ def _loop(task: Task, step_fn, wd: pathlib.Path, stop_after: int | None, on_log)
     return summary
 
 
+def restore_state(workdir: str | os.PathLike, task: Task | None = None) -> tuple[Task, int, Any]:
+    """``(task, step, state)`` of the newest intact checkpoint in a run directory (``task`` defaults to the
+    one the run's own config.json describes)."""
+    wd = pathlib.Path(workdir)
+    if task is None:
+        task = make_task(RunConfig.from_dict(RunDirectory(wd).read_config()), validate=False)
+    ckpt = Checkpointer(wd, keep=task.run.train.keep)
+    try:
+        restored = ckpt.restore(task.abstract_sharded_state(), None)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"workdir {str(wd)!r} has no checkpoint")
+    step, state, _ = restored
+    return task, step, state
+
+
+def load_model(workdir: str | os.PathLike) -> tuple[Any, RunConfig, int]:
+    """``(model, run, step)``: the NNX model of a run directory's newest intact checkpoint, with the weights
+    evaluation uses (the EMA for reasoners that keep one), for generation, evaluation and export."""
+    from flax import nnx
+
+    task, step, state = restore_state(workdir)
+    return nnx.merge(task.graphdef, state.eval_params), task.run, step
+
+
 def evaluate(workdir: str | os.PathLike, depths: list[int | None] | None = None, data_path: str | None = None,
              batches: int | None = None) -> dict:
     """Evaluate the newest intact checkpoint in ``workdir`` at the given solver depths (None = full; default:
@@ -186,14 +212,7 @@ def evaluate(workdir: str | os.PathLike, depths: list[int | None] | None = None,
         if task.run.model != run.model:
             raise ValueError(f"data {data_path!r} does not match the run's model (seq_len, vocab or puzzle "
                              "identifiers differ)")
-    ckpt = Checkpointer(wd, keep=run.train.keep)
-    try:
-        restored = ckpt.restore(task.abstract_sharded_state(), None)
-    finally:
-        ckpt.close()
-    if restored is None:
-        raise FileNotFoundError(f"workdir {str(wd)!r} has no checkpoint")
-    step, state, _ = restored
+    _, step, state = restore_state(wd, task)
     results = task.evaluate(state, step, depths, batches)
     write_json_atomic(wd / "eval.json", results)
     return results
