@@ -45,31 +45,11 @@ _GENERATIONS = {
 }
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v5": "v5p", "v6": "v6e"}
 # Slice shapes of the accelerator types (chips -> chip grid), as in MaxText's accelerator_to_spec_map.
-_SHAPES_2D = {
-    1: (1, 1),
-    4: (2, 2),
-    8: (2, 4),
-    16: (4, 4),
-    32: (4, 8),
-    64: (8, 8),
-    128: (8, 16),
-    256: (16, 16),
-}
-_SHAPES_3D = {
-    4: (2, 2, 1),
-    8: (2, 2, 2),
-    16: (2, 2, 4),
-    32: (2, 4, 4),
-    64: (4, 4, 4),
-    128: (4, 4, 8),
-    256: (4, 8, 8),
-    384: (4, 4, 24),
-    512: (8, 8, 8),
-    768: (8, 8, 12),
-    1024: (8, 8, 16),
-    2048: (8, 16, 16),
-    4096: (16, 16, 16),
-}
+_SHAPES_2D = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16),
+    256: (16, 16)}
+_SHAPES_3D = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4), 128: (4, 4, 8),
+    256: (4, 8, 8), 384: (4, 4, 24), 512: (8, 8, 8), 768: (8, 8, 12), 1024: (8, 8, 16), 2048: (8, 16, 16),
+    4096: (16, 16, 16)}
 
 
 class AOTError(ValueError):
@@ -469,7 +449,7 @@ def run_from_args(args: argparse.Namespace):
     from attractor_jax.models import get_config, is_reasoner
     from attractor_jax.train.trainer import RunConfig, apply_sets
 
-    run = RunConfig.for_model(get_config(args.preset))  # a reasoner gets its PuzzleOptimConfig
+    run = RunConfig.for_model(get_config(args.preset))  # a reasoner gets TRM's optimizer
     if is_reasoner(run.model) and args.seq_len is not None:
         raise AOTError(
             f"--seq-len: {args.preset} is a puzzle reasoner, whose sequence length is its model's "

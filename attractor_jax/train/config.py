@@ -9,8 +9,7 @@ from typing import Any
 from attractor_jax.models import config_from_dict, config_to_dict, get_config
 from attractor_jax.models.config import LMConfig, TRMConfig
 from attractor_jax.models.registry import is_reasoner
-from attractor_jax.train.optim import OptimConfig
-from attractor_jax.train.puzzle_optim import PuzzleOptimConfig, reference_optim_config
+from attractor_jax.train.optim import OptimConfig, reference_optim_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,19 +70,18 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """A run: model config, loop settings, optimizer and data. Language models take an `OptimConfig`; the
-    puzzle reasoners (``TRMConfig``/``AttractorReasonerConfig``) take a `PuzzleOptimConfig` (TRM's recipe).
-    `RunConfig.for_model(cfg)` picks the right default optimizer."""
+    """A run: model config, loop settings, optimizer and data. `RunConfig.for_model(cfg)` starts from the
+    reference's optimizer for the model (`reference_optim_config`: TRM's recipe for the puzzle reasoners)."""
 
     model: LMConfig | TRMConfig
     train: TrainConfig = TrainConfig()
-    optim: OptimConfig | PuzzleOptimConfig = OptimConfig()
+    optim: OptimConfig = OptimConfig()
     data: DataConfig = DataConfig()
 
     @classmethod
     def for_model(cls, model: LMConfig | TRMConfig, **sections: Any) -> "RunConfig":
         """A run for ``model`` with the default optimizer of its kind (the reference's settings)."""
-        if is_reasoner(model) and "optim" not in sections:
+        if "optim" not in sections:
             sections["optim"] = reference_optim_config(model)
         return cls(model=model, **sections)
 
@@ -103,9 +101,11 @@ class RunConfig:
             return kind(**out)
 
         model = config_from_dict(d["model"])
-        optim_cls = PuzzleOptimConfig if is_reasoner(model) else OptimConfig
+        optim = dict(d.get("optim", {}))
+        if is_reasoner(model) and "optimizer" not in optim:  # written by the former PuzzleOptimConfig
+            optim.update(optimizer="trm", schedule="warmup_cosine")
         return cls(model=model, train=build(TrainConfig, d.get("train", {})),
-                   optim=build(optim_cls, d.get("optim", {})), data=build(DataConfig, d.get("data", {})))
+                   optim=build(OptimConfig, optim), data=build(DataConfig, d.get("data", {})))
 
 
 def _coerce(text: str, current: Any) -> Any:

@@ -16,6 +16,9 @@ label            parameters                                       update
 ``head``         attractor-head matrices                          AdamW at ``lr·fp_lr_scale``, decoupled
                                                                   weight decay ``fp_wd``
 ``head_no_wd``   attractor-head norms and LayerScale gates        AdamW at ``lr·fp_lr_scale``, no decay
+``puzzle_emb``   (``optimizer="trm"``) the reasoners' puzzle      sparse SignSGD at ``puzzle_emb_lr``, decay
+                 embedding table; every other parameter is        ``puzzle_emb_weight_decay`` (TRM's recipe)
+                 ``adamw`` (decay on all, biases included)
 ===============  ===============================================  =========================================
 
 Every group's step is multiplied by the schedule's multiplier m(t) ∈ [0, 1], decoupled weight decay included
@@ -47,11 +50,12 @@ import jax.numpy as jnp
 import optax
 from optax.contrib import MuonDimensionNumbers, scale_by_muon
 
-OPTIMIZERS = ("adamw", "muon")
+OPTIMIZERS = ("adamw", "muon", "trm")
 SCHEDULES = ("trapezoid", "warmup_cosine", "wsd")
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
 MUON_WD_SCHEDULES = ("linear", "constant")
-LABELS = ("muon", "adamw", "adamw_no_wd", "head", "head_no_wd")
+PUZZLE_EMB = "puzzle_emb"
+LABELS = ("muon", "adamw", "adamw_no_wd", "head", "head_no_wd", "puzzle_emb")
 
 # Polar-Express coefficients for five Newton–Schulz steps (Amsel et al. 2025, as in modded-nanogpt and the
 # reference's muon_adamw.py).
@@ -89,7 +93,9 @@ class OptimConfig:
     Muon lr 8e-3, betas (0.8, 0.95), eps 1e-10, no AdamW decay, Muon decay 0.2 tapered to 0, constant lr for
     the first half then linear cooldown to 0, clip 1.0).
 
-    optimizer: ``"muon"`` (Muon for backbone matrices, AdamW for the rest) or ``"adamw"`` (AdamW for all).
+    optimizer: ``"muon"`` (Muon for backbone matrices, AdamW for the rest), ``"adamw"`` (AdamW for all) or
+      ``"trm"`` (TRM's recipe for the puzzle reasoners: sparse SignSGD for the puzzle embedding, AdamW with decay
+      for every other parameter; `reference_optim_config` gives its settings).
     lr, betas, eps, weight_decay: AdamW's peak lr, (β1, β2), ε and decoupled decay (embeddings; with
       ``optimizer="adamw"`` also the backbone matrices). Norms, gates and 1-D parameters never decay.
     muon_lr, muon_momentum, muon_momentum_start, muon_momentum_warmup_steps: Muon's peak lr and its Nesterov
@@ -101,11 +107,14 @@ class OptimConfig:
     schedule: ``"trapezoid"`` (linear warmup, constant, linear cooldown over the last ``cooldown_fraction``;
       the reference), ``"warmup_cosine"`` (linear warmup, cosine to the minimum over the rest) or ``"wsd"``
       (warmup-stable-decay with a ``wsd_decay`` shaped cooldown). Fractions are of ``total_steps``.
+    warmup_steps: the warmup in steps (None: ``round(warmup_fraction·total_steps)``); it may exceed the run.
     min_lr_ratio: the schedule's floor as a fraction of the peak.
     grad_clip: global-norm clip (None: off).
     skip_nonfinite: skip (and count) updates whose gradient has a NaN/Inf; False applies them anyway.
     fp_lr_scale, fp_wd: the attractor head's lr scale and matrix decay; None takes them from the model
       config (``AttractorConfig.fp_lr_scale``/``fp_wd``).
+    puzzle_emb_lr, puzzle_emb_weight_decay: the ``puzzle_emb`` group's SignSGD lr and decay (``"trm"`` only).
+    ema_decay: keep an exponential moving average of the weights for evaluation (puzzle reasoners; None: off).
     """
 
     optimizer: str = "muon"
@@ -128,11 +137,15 @@ class OptimConfig:
     warmup_fraction: float = 0.0
     cooldown_fraction: float = 0.5
     wsd_decay: str = "1-sqrt"
+    warmup_steps: int | None = None
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
     skip_nonfinite: bool = True
     fp_lr_scale: float | None = None
     fp_wd: float | None = None
+    puzzle_emb_lr: float = 1e-4
+    puzzle_emb_weight_decay: float = 1.0
+    ema_decay: float | None = None
 
     def __post_init__(self):
         def choice(field, choices):
@@ -147,8 +160,10 @@ class OptimConfig:
             if not (_is_number(v) and ok(v)):
                 raise _bad(field, v, expected + (" or None" if optional else ""))
 
-        def integer(field, lo):
+        def integer(field, lo, *, optional=False):
             v = getattr(self, field)
+            if optional and v is None:
+                return
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
                 raise _bad(field, v, f"an int >= {lo}")
 
@@ -182,6 +197,10 @@ class OptimConfig:
         number("grad_clip", lambda x: x > 0, "a number > 0", optional=True)
         number("fp_lr_scale", lambda x: x > 0, "a number > 0", optional=True)
         number("fp_wd", lambda x: x >= 0, "a number >= 0", optional=True)
+        number("puzzle_emb_lr", lambda x: x >= 0, "a number >= 0")
+        number("puzzle_emb_weight_decay", lambda x: x >= 0, "a number >= 0")
+        number("ema_decay", unit, "a number in [0, 1)", optional=True)
+        integer("warmup_steps", 0, optional=True)
         integer("muon_momentum_warmup_steps", 0)
         integer("muon_ns_steps", 1)
         for f in ("muon_cautious_wd", "muon_normuon", "skip_nonfinite"):
@@ -199,9 +218,10 @@ class OptimConfig:
 
 
 def _phase_steps(config: OptimConfig, total_steps: int) -> tuple[int, int]:
-    warmup = int(round(config.warmup_fraction * total_steps))
+    warmup = config.warmup_steps
+    warmup = int(round(config.warmup_fraction * total_steps)) if warmup is None else warmup
     cooldown = 0 if config.schedule == "warmup_cosine" else int(round(config.cooldown_fraction * total_steps))
-    return warmup, min(cooldown, total_steps - warmup)
+    return warmup, max(0, min(cooldown, total_steps - warmup))
 
 
 def _check_total_steps(total_steps: Any) -> int:
@@ -213,7 +233,7 @@ def _check_total_steps(total_steps: Any) -> int:
 def make_schedule(config: OptimConfig, total_steps: int) -> optax.Schedule:
     """The lr multiplier m(t) (peak 1) for update t = 0, 1, …, an ``optax.Schedule``.
 
-    With W = round(warmup_fraction·T), C = round(cooldown_fraction·T) and floor ``lo = min_lr_ratio``:
+    With W = warmup_steps or round(warmup_fraction·T), C = round(cooldown_fraction·T), floor lo = min_lr_ratio:
     warmup m = (t + 1)/W for t < W (the first update is not wasted at lr 0); then
       trapezoid:      1 until T − C, then lo + (1 − lo)·(1 − s), s = (t − (T − C))/C (reaches lo at t = T);
       wsd:            the same with a ``wsd_decay`` shaped cooldown: 1 − s, (1 + cos πs)/2 or 1 − √s;
@@ -264,7 +284,7 @@ def _muon_wd_schedule(config: OptimConfig, total_steps: int) -> optax.Schedule:
 # Grouping
 
 
-def _path_names(path) -> tuple:
+def path_names(path) -> tuple:
     """A key path as plain names/indices, without the trailing ``.value`` of an ``nnx.Variable``."""
     out = []
     for k in path:
@@ -294,6 +314,8 @@ def _is_parcae(model_config: Any) -> bool:
 def _label(names: tuple, ndim: int, optimizer: str, model_config: Any) -> str:
     low = [str(n).lower() for n in names]
     top = str(names[0]) if names else ""
+    if optimizer == "trm":
+        return PUZZLE_EMB if PUZZLE_EMB in low else "adamw"
     if top == "head" and _has_head(model_config):
         return "head" if ndim >= 2 else "head_no_wd"
     parcae_recurrent = "injection" in low or low[-1:] in (["a_log"], ["dt_bias"])
@@ -313,7 +335,7 @@ def _label(names: tuple, ndim: int, optimizer: str, model_config: Any) -> str:
 def _label_fn(config: OptimConfig, model_config: Any) -> Callable[[Any], Any]:
     def labels(params):
         return jax.tree_util.tree_map_with_path(
-            lambda path, x: _label(_path_names(path), len(x.shape), config.optimizer, model_config), params
+            lambda path, x: _label(path_names(path), len(x.shape), config.optimizer, model_config), params
         )
 
     return labels
@@ -327,7 +349,8 @@ def param_labels(params: Any, config: OptimConfig | None = None, model_config: A
     ``head_no_wd``; Parcae's injection (``A_log``, ``dt_bias``, ``B``) and top-level ``C`` →
     ``adamw_no_wd``; other 1-D → ``adamw_no_wd``; names containing ``embed`` (token and value embeddings) →
     ``adamw``; norms and biases → ``adamw_no_wd``; remaining 2-D matrices → ``muon`` (``adamw`` when
-    ``optimizer="adamw"``; tensors of rank > 2 always go to AdamW).
+    ``optimizer="adamw"``; tensors of rank > 2 always go to AdamW). With ``optimizer="trm"``: ``puzzle_emb``
+    for the puzzle-embedding table, ``adamw`` for everything else.
     """
     config = OptimConfig() if config is None else config
     return _label_fn(config, model_config)(params)
@@ -338,7 +361,7 @@ def label_table(params: Any, config: OptimConfig | None = None, model_config: An
     config = OptimConfig() if config is None else config
     out = {}
     for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        names = _path_names(path)
+        names = path_names(path)
         out["/".join(str(n) for n in names)] = _label(names, len(x.shape), config.optimizer, model_config)
     return out
 
@@ -374,6 +397,9 @@ def _group_settings(config: OptimConfig, model_config: Any, present: set[str]) -
             out[label] = {"optimizer": "adamw", "lr": config.lr, "weight_decay": config.weight_decay}
         elif label == "adamw_no_wd":
             out[label] = {"optimizer": "adamw", "lr": config.lr, "weight_decay": 0.0}
+        elif label == PUZZLE_EMB:
+            out[label] = {"optimizer": "sign_sgd", "lr": config.puzzle_emb_lr,
+                          "weight_decay": config.puzzle_emb_weight_decay}
         elif label == "head":
             out[label] = {"optimizer": "adamw", "lr": config.lr * head_scale, "weight_decay": head_wd}
         else:
@@ -387,7 +413,7 @@ def describe_groups(params: Any, config: OptimConfig | None = None, model_config
     config = OptimConfig() if config is None else config
     counts: dict[str, list[int]] = {}
     for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        label = _label(_path_names(path), len(x.shape), config.optimizer, model_config)
+        label = _label(path_names(path), len(x.shape), config.optimizer, model_config)
         c = counts.setdefault(label, [0, 0])
         c[0] += 1
         c[1] += math.prod(x.shape)
@@ -535,6 +561,46 @@ def _adamw(config: OptimConfig, lr: float, wd: float) -> optax.GradientTransform
     return optax.adamw(learning_rate=lr, b1=b1, b2=b2, eps=config.eps, eps_root=0.0, weight_decay=wd)
 
 
+def sparse_sign_sgd(learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """TRM's sparse SignSGD (its ``CastedSparseEmbeddingSignSGD``) with decoupled weight decay on the rows
+    (leading axis) that received a gradient: a present row moves by ``−lr·(wd·p + sign(g))``, where g is the
+    row's summed gradient (duplicates within the batch and across devices are summed by autodiff and the
+    data-parallel reduction); a row with an all-zero gradient is left exactly as it is. Stateless."""
+    if not (learning_rate >= 0 and weight_decay >= 0):
+        raise ValueError(f"sparse_sign_sgd: learning_rate={learning_rate!r}, weight_decay={weight_decay!r} "
+                         "must be >= 0")
+
+    def update(updates, state, params=None):
+        if weight_decay > 0 and params is None:
+            raise ValueError("sparse_sign_sgd with weight decay needs params")
+
+        def one(g, p):
+            axes = tuple(range(1, g.ndim))
+            present = jnp.any(g != 0, axis=axes, keepdims=True) if axes else g != 0
+            step = jnp.sign(g) + (weight_decay * p if weight_decay > 0 else 0.0)
+            return jnp.where(present, -learning_rate * step, 0.0).astype(g.dtype)
+
+        return jax.tree.map(one, updates, params if params is not None else updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+def reference_optim_config(model_config: Any = None, **changes: Any) -> OptimConfig:
+    """The reference's optimiser for a model, ``changes`` overriding fields: the launch configs' (the
+    `OptimConfig` defaults) for language models; TRM's for the puzzle reasoners (README and ``pretrain.py``:
+    AdamW lr 1e-4, betas (0.9, 0.95), eps 1e-8, weight decay 1.0; puzzle embeddings SignSGD lr 1e-4, decay 1.0 —
+    1e-2 in the TRM-DEQ trainer of the Attractor reasoner; 2,000 warmup steps, then constant; no clipping;
+    EMA 0.999)."""
+    base = OptimConfig()
+    arch = getattr(model_config, "arch", None)
+    if arch in ("trm", "attractor_reasoner"):
+        base = OptimConfig(optimizer="trm", lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=1.0,
+                           puzzle_emb_lr=1e-2 if arch == "attractor_reasoner" else 1e-4,
+                           puzzle_emb_weight_decay=1.0, schedule="warmup_cosine", warmup_steps=2000,
+                           min_lr_ratio=1.0, grad_clip=None, ema_decay=0.999)
+    return dataclasses.replace(base, **changes) if changes else base
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The optimiser
 
@@ -581,10 +647,10 @@ def make_optimizer(
     if not present:
         raise ValueError("params has no arrays: nothing to optimise")
     settings = _group_settings(config, model_config, present)
-    transforms = {
-        k: _muon(config, total) if k == "muon" else _adamw(config, s["lr"], s["weight_decay"])
-        for k, s in settings.items()
-    }
+    build = {"muon": lambda s: _muon(config, total),
+             "sign_sgd": lambda s: sparse_sign_sgd(s["lr"], s["weight_decay"]),
+             "adamw": lambda s: _adamw(config, s["lr"], s["weight_decay"])}
+    transforms = {k: build[s["optimizer"]](s) for k, s in settings.items()}
     label_fn = _label_fn(config, model_config)
 
     def checked_labels(tree):
@@ -692,8 +758,11 @@ __all__ = [
     "make_schedule",
     "optimizer_metrics",
     "param_labels",
+    "path_names",
+    "reference_optim_config",
     "scale_by_normuon",
     "scale_by_width",
     "scheduled",
     "skipped_steps",
+    "sparse_sign_sgd",
 ]

@@ -23,12 +23,12 @@ import dataclasses
 import os
 import pathlib
 import signal
-import sys
 import time
 from typing import Any, Callable
 
 import jax
 
+from attractor_jax.progress import Progress
 from attractor_jax.train.checkpoint import Checkpointer
 from attractor_jax.train.config import DataConfig, RunConfig, TrainConfig, apply_sets
 from attractor_jax.train.metrics import MetricsWriter
@@ -67,29 +67,6 @@ def install_sigterm() -> tuple[dict, Any]:
         return stop, None
 
 
-class _Progress:
-    """A one-line progress bar on a terminal; plain lines otherwise (logs, CI)."""
-
-    def __init__(self, total: int, start: int):
-        self.total, self.tty, self.open = total, sys.stdout.isatty(), True
-        self.show(start, "")
-
-    def show(self, step: int, text: str) -> None:
-        width = 24
-        done = int(width * step / max(self.total, 1))
-        line = f"[{'#' * done}{'.' * (width - done)}] {step}/{self.total} {text}"
-        if self.tty:
-            sys.stdout.write("\r" + line[:160].ljust(160))
-        else:
-            sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-    def close(self) -> None:
-        if self.tty and self.open:
-            sys.stdout.write("\n")
-        self.open = False
-
-
 def compile_train_step(task: Task):
     """The task's train step compiled ahead of the first batch; refused (`OutOfMemoryError`) when its
     compiled memory exceeds what the devices have. Returns ``(compiled, memory report)``."""
@@ -123,7 +100,7 @@ def _loop(task: Task, step_fn, wd: pathlib.Path, stop_after: int | None, on_log)
     start, state = restore_or_init(ckpt, task, train_it, wd)
     writer = MetricsWriter(wd, tensorboard=t.tensorboard)
     stop, old_handler = install_sigterm()
-    progress = _Progress(t.steps, start)
+    progress = Progress(t.steps, "steps", start=start)
     last_t, last_step, summary, step, acc = time.perf_counter(), start, {}, start, None
 
     def meta(step: int) -> dict:

@@ -13,7 +13,7 @@ import pytest
 
 from attractor_jax.cli import main
 from attractor_jax.data import puzzles as pz
-from attractor_jax.data.puzzles.progress import Progress
+from attractor_jax.progress import Progress
 
 # The Wikipedia sudoku and its solution.
 QUESTION = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"

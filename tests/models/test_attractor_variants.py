@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import attractor_jax as aj
 import attractor_jax.models as M
 
 SMALL = dict(d_model=32, n_heads=2, mlp_dim=64, n_backbone_layers=1, layer_scale_init=0.5)

@@ -14,6 +14,7 @@ from flax import nnx
 import attractor_jax.models as M
 from attractor_jax.models import reasoner as R
 from attractor_jax.train import puzzle_optim as P
+from attractor_jax.train import optim as O
 from attractor_jax.train.optim import optimizer_metrics
 
 # XLA's CPU backend spends most of these tests' time optimising code that runs for milliseconds; the lowest
@@ -272,8 +273,8 @@ def test_max_iter_semantics_and_predict(micro_trm):
 
 def _train(model, steps, b=8):
     batch = _batch(b=b)
-    tx = P.make_puzzle_optimizer(P.PuzzleOptimConfig(lr=1e-3, warmup_steps=0, puzzle_emb_lr=1e-2),
-                                 total_steps=100)
+    cfg = O.reference_optim_config(model.config, lr=1e-3, warmup_steps=0, puzzle_emb_lr=1e-2)
+    tx = O.make_optimizer(cfg, nnx.split(model, nnx.Param, ...)[1], model.config, total_steps=100)
     gd, state = P.init_train_state(model, tx, batch)
     p0 = state.params
     step = jit(P.make_reasoner_train_step(gd, tx, ema_decay=0.9))
@@ -324,7 +325,7 @@ def test_attractor_tiny_train_step_with_a_converging_solver(tiny_attractor):
 
 
 def test_sparse_sign_sgd_moves_only_present_rows():
-    tx = P.sparse_sign_sgd(0.1, weight_decay=0.5)
+    tx = O.sparse_sign_sgd(0.1, weight_decay=0.5)
     p = jnp.array([[1.0, -2.0], [3.0, 4.0], [5.0, 6.0]])
     g = jnp.array([[0.3, -0.0], [0.0, 0.0], [-2.0, 1e-9]])
     u, _ = tx.update(g, tx.init(p), p)
@@ -336,10 +337,11 @@ def test_sparse_sign_sgd_moves_only_present_rows():
 
 def test_puzzle_optimizer_schedule_groups_and_ema():
     params = {"puzzle_emb": {"embedding": jnp.ones((3, 2))}, "lm_head": {"kernel": jnp.ones((2, 2))}}
-    assert P.puzzle_param_labels(params) == {"puzzle_emb": {"embedding": "puzzle_emb"},
-                                            "lm_head": {"kernel": "adamw"}}
-    cfg = P.PuzzleOptimConfig(lr=1e-3, puzzle_emb_lr=1e-2, warmup_steps=4)
-    tx = P.make_puzzle_optimizer(cfg, total_steps=10)
+    cfg = O.reference_optim_config(M.get_config("trm-sudoku-tiny"), lr=1e-3, puzzle_emb_lr=1e-2,
+                                   warmup_steps=4)
+    assert O.param_labels(params, cfg) == {"puzzle_emb": {"embedding": "puzzle_emb"},
+                                           "lm_head": {"kernel": "adamw"}}
+    tx = O.make_optimizer(cfg, params, total_steps=10)
     st = tx.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
     upd, st = tx.update(grads, st, params)
@@ -348,13 +350,32 @@ def test_puzzle_optimizer_schedule_groups_and_ema():
     assert float(m["lr/puzzle_emb"]) == pytest.approx(1e-2 / 4)
     want_pe = -(1e-2 / 4) * (1.0 + 1.0)  # lr·mult·(sign(g) + wd·p)
     np.testing.assert_allclose(np.asarray(upd["puzzle_emb"]["embedding"]), want_pe, rtol=1e-6)
-    sched = P.trm_schedule(4, 10, 1.0)
+    sched = O.make_schedule(cfg, 10)
     assert [float(sched(t)) for t in (0, 3, 9)] == [0.25, 1.0, 1.0]
     bad = jax.tree.map(lambda x: x * jnp.nan, grads)
     upd, st2 = tx.update(bad, st, params)
     assert int(st2.skipped) == 1 and int(st2.count) == 1
     assert float(jnp.abs(upd["lm_head"]["kernel"]).max()) == 0
-    assert P.reference_optim_config(M.get_config("attractor-sudoku-27m")).puzzle_emb_lr == 1e-2
+    assert O.reference_optim_config(M.get_config("attractor-sudoku-27m")).puzzle_emb_lr == 1e-2
     ema = P.ema_update(P.ema_init(params), jax.tree.map(lambda x: x * 3, params), 0.9)
     np.testing.assert_allclose(np.asarray(ema["lm_head"]["kernel"]), 1.2)
     np.testing.assert_allclose(np.asarray(ema["puzzle_emb"]["embedding"]), 3.0)
+
+
+def test_a_run_directory_of_the_former_puzzle_optimizer_reads_as_the_trm_recipe():
+    from attractor_jax.train.config import RunConfig
+    from attractor_jax.train.tasks.lm import setup
+
+    old = {"lr": 3e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1, "puzzle_emb_lr": 1e-2,
+           "puzzle_emb_weight_decay": 0.1, "warmup_steps": 10, "min_lr_ratio": 1.0, "grad_clip": None,
+           "skip_nonfinite": True, "ema_decay": 0.9}  # the optim section a PuzzleOptimConfig wrote
+    d = RunConfig.for_model(M.get_config("trm-sudoku-tiny")).to_dict()
+    run = RunConfig.from_dict({**d, "optim": old})
+    assert run.optim.optimizer == "trm" and run.optim.betas == (0.9, 0.95) and run.optim.grad_clip is None
+    assert run.optim == O.reference_optim_config(run.model, lr=3e-3, weight_decay=0.1, puzzle_emb_lr=1e-2,
+                                                 puzzle_emb_weight_decay=0.1,
+                                                 warmup_steps=10, ema_decay=0.9)
+    assert RunConfig.from_dict(run.to_dict()) == run
+    lm = RunConfig.for_model(M.get_config("gpt-tiny"), optim=O.OptimConfig(ema_decay=0.9))
+    with pytest.raises(ValueError, match="ema_decay=0.9"):
+        setup(lm)

@@ -5,14 +5,13 @@ last test batch, and the CLI's errors."""
 import json
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 
 from attractor_jax.cli import main as cli_main
 from attractor_jax.data import puzzles as pz
 from attractor_jax.models import get_config
-from attractor_jax.train.puzzle_optim import PuzzleOptimConfig
+from attractor_jax.train.optim import reference_optim_config
 from attractor_jax.train.trainer import DataConfig, RunConfig, TrainConfig, evaluate, train
 
 TINY = dict(hidden_size=32, num_heads=2, L_layers=1, H_cycles=2, L_cycles=1, halt_max_steps=2,
@@ -37,7 +36,8 @@ def run_for(preset, data, steps=4, **train_kw):
               tensorboard=False)
     kw.update(train_kw)
     return RunConfig(model=model, train=TrainConfig(**kw),
-                     optim=PuzzleOptimConfig(lr=1e-3, warmup_steps=1, ema_decay=0.9, weight_decay=0.1),
+                     optim=reference_optim_config(model, lr=1e-3, warmup_steps=1, ema_decay=0.9,
+                                                  weight_decay=0.1),
                      data=DataConfig(path=data))
 
 
@@ -127,8 +127,8 @@ def test_short_run_beats_the_givens_baseline(tmp_path):
     data = str(pz.build_sudoku_dataset(root / "csv", root / "ds", num_aug=0, seed=0))
     run = run_for("trm-sudoku-tiny", data, steps=300, batch_size=32, log_every=50, save_every=0, eval_batches=1)
     run = RunConfig(model=run.model, train=run.train, data=run.data,
-                    optim=PuzzleOptimConfig(lr=3e-3, warmup_steps=10, ema_decay=0.9, weight_decay=0.1,
-                                            puzzle_emb_weight_decay=0.1))
+                    optim=reference_optim_config(run.model, lr=3e-3, warmup_steps=10, ema_decay=0.9,
+                                                 weight_decay=0.1, puzzle_emb_weight_decay=0.1))
     train(run, root / "run")
     res = json.loads((root / "run" / "eval.json").read_text())["depths"]["full"]
     base = res["copy_cell"]

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from attractor_jax.data.common import check_int, import_optional
-from attractor_jax.data.puzzles.progress import Progress
+from attractor_jax.progress import Progress
 
 __all__ = [
     "CSV_HEADER",

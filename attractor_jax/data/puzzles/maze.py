@@ -36,17 +36,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from attractor_jax.data.common import check_int
-from attractor_jax.data.puzzles.common import (
-    CsvGrids,
-    Draw,
-    PuzzleRow,
-    Validation,
-    build_csv_dataset,
-    csv_flags,
-    dihedral_transform,
-    draw_unique_rows,
-    read_puzzle_csv,
-)
+from attractor_jax.data.puzzles.common import (CsvGrids, Draw, PuzzleRow, Validation, build_csv_dataset,
+    csv_flags, dihedral_transform, draw_unique_rows, read_puzzle_csv)
 
 __all__ = [
     "MAZE_CHARSET",

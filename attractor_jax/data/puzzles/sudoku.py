@@ -54,16 +54,8 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 import numpy as np
 
 from attractor_jax.data.common import check_int
-from attractor_jax.data.puzzles.common import (
-    CsvGrids,
-    Draw,
-    PuzzleRow,
-    Validation,
-    build_csv_dataset,
-    csv_flags,
-    draw_unique_rows,
-    read_puzzle_csv,
-)
+from attractor_jax.data.puzzles.common import (CsvGrids, Draw, PuzzleRow, Validation, build_csv_dataset,
+    csv_flags, draw_unique_rows, read_puzzle_csv)
 
 __all__ = [
     "SUDOKU_SEQ_LEN",

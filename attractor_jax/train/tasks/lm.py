@@ -178,6 +178,9 @@ class Setup(NamedTuple):
 def setup(run: RunConfig, devices=None) -> Setup:
     """Model graph, optimizer, mesh, abstract state and shardings. ``devices`` defaults to ``jax.devices()``;
     ahead-of-time compilation passes a TPU topology's device descriptions instead."""
+    if run.optim.ema_decay is not None:
+        raise ValueError(f"optim.ema_decay={run.optim.ema_decay!r}: a weight EMA is kept for the puzzle reasoners "
+                         "only; expected None for a language model")
     model_cfg = run.model if run.train.dtype is None else get_config(run.model, dtype=run.train.dtype)
     mesh = shd.make_mesh(run.train.mesh, devices)
     abstract = nnx.eval_shape(lambda: build_model(model_cfg, seed=run.train.seed))
@@ -250,7 +253,8 @@ class LMTask(Task):
         return row
 
     def progress_text(self, row: dict) -> str:
-        return f"loss {row['loss']:.4f}  {row['tokens_per_s']:,.0f} tok/s" + (
+        rate = row["tokens_per_s"]  # NaN at the first logged step (it holds the compile)
+        return f"loss {row['loss']:.4f}" + (f"  {rate:,.0f} tok/s" if math.isfinite(rate) else "") + (
             f"  iters {row['solver_iters']:.1f}" if "solver_iters" in row else "")
 
     def _depths(self) -> list[int | None]:

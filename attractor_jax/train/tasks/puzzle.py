@@ -10,8 +10,8 @@ What differs from language modelling:
 * one optimizer step is one ACT supervision step (TRM's deep supervision): the carry (z_H, z_L, step counts,
   the rows' current puzzles) lives in the train state, so a row that did not halt keeps its puzzle and a
   checkpoint resumes exactly; rows are sharded over the data-parallel devices, parameters by their logical axes;
-* the optimizer is TRM's (`PuzzleOptimConfig`: AdamW + sparse SignSGD puzzle embeddings, warmup, EMA of the
-  weights); ``train.grad_accum`` must be 1 (the carry is per row of the global batch);
+* the optimizer is TRM's (``OptimConfig(optimizer="trm")``: AdamW + sparse SignSGD puzzle embeddings, warmup, EMA
+  of the weights); ``train.grad_accum`` must be 1 (the carry is per row of the global batch);
 * the model's ``seq_len``, ``vocab_size`` and ``num_puzzle_identifiers`` are taken from the dataset's
   ``dataset.json`` (as TRM does); the saved ``config.json`` records the values used;
 * evaluation runs in eval mode (``model.predict``: all ``halt_max_steps`` supervision steps, no halting, no
@@ -27,6 +27,7 @@ What differs from language modelling:
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 from typing import Any
 
@@ -39,15 +40,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from attractor_jax.models import build_model, get_config
 from attractor_jax.models.reasoner_losses import SUMMED_METRICS, summarize_act_metrics
 from attractor_jax.train import sharding as shd
-from attractor_jax.train.puzzle_optim import (
-    PuzzleOptimConfig,
-    PuzzleTrainState,
-    ema_init,
-    make_puzzle_optimizer,
-    make_reasoner_eval_step,
-    make_reasoner_train_step,
-    summarize_eval,
-)
+from attractor_jax.train.optim import make_optimizer
+from attractor_jax.train.puzzle_optim import (PuzzleTrainState, ema_init, make_reasoner_eval_step,
+                                              make_reasoner_train_step, summarize_eval)
 from attractor_jax.train.rundir import write_json_atomic
 from attractor_jax.train.tasks.base import Task
 
@@ -83,8 +78,6 @@ def validate_puzzle_run(run) -> Any:
     train_meta, test_meta = load_puzzle_metadata(root, "train"), load_puzzle_metadata(root, "test")
     if test_meta.seq_len != train_meta.seq_len:
         raise ValueError(f"data {str(root)!r}: train seq_len {train_meta.seq_len} != test seq_len {test_meta.seq_len}")
-    if not isinstance(run.optim, PuzzleOptimConfig):
-        raise ValueError(f"optim is {type(run.optim).__name__}; a reasoner run needs a PuzzleOptimConfig")
     if run.train.grad_accum != 1:
         raise ValueError(f"train.grad_accum={run.train.grad_accum} is not supported for puzzle reasoners (the "
                          "ACT carry belongs to the rows of one global batch); expected 1")
@@ -115,8 +108,8 @@ class PuzzleTask(Task):
         self.model_config = cfg
         self.mesh = shd.make_mesh(run.train.mesh, devices)
         abstract = nnx.eval_shape(lambda: build_model(cfg, seed=run.train.seed))
-        self.graphdef, _, _ = nnx.split(abstract, nnx.Param, ...)
-        self.optimizer = make_puzzle_optimizer(run.optim, total_steps=run.train.steps)
+        self.graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
+        self.optimizer = make_optimizer(run.optim, abstract_params, cfg, total_steps=run.train.steps)
         use_ema = run.optim.ema_decay is not None
         b, length = run.train.batch_size, cfg.seq_len
 
@@ -179,9 +172,10 @@ class PuzzleTask(Task):
         return row
 
     def progress_text(self, row: dict) -> str:
-        return (f"loss {row['loss']:.4f}  acc {row['accuracy']:.3f}  exact {row['exact_accuracy']:.3f}  "
-                f"{row['rows_per_s']:,.0f} rows/s" + (f"  iters {row['solver_iters']:.1f}" if "solver_iters" in row
-                                                      else ""))
+        rate = row["rows_per_s"]  # NaN at the first logged step (it holds the compile)
+        return (f"loss {row['loss']:.4f}  acc {row['accuracy']:.3f}  exact {row['exact_accuracy']:.3f}"
+                + (f"  {rate:,.0f} rows/s" if math.isfinite(rate) else "")
+                + (f"  iters {row['solver_iters']:.1f}" if "solver_iters" in row else ""))
 
     def _evaluate(self, params, buffers, batches, depths) -> dict:
         """``{label: summary}`` over ``batches`` (already on device) for each max_iter in ``depths``."""
