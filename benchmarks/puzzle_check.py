@@ -54,7 +54,7 @@ def main(argv=None) -> int:
 
     from attractor_jax.data import puzzles as pz
     from attractor_jax.models import get_config, param_counts
-    from attractor_jax.train.puzzle_optim import reference_optim_config
+    from attractor_jax.train.optim import reference_optim_config
     from attractor_jax.train.trainer import DataConfig, RunConfig, TrainConfig, evaluate, train
 
     t0 = time.perf_counter()

@@ -81,7 +81,7 @@ def finish(kind: str, a: argparse.Namespace, data: pathlib.Path, presets: dict[s
 
 def make_run(preset: str, data: pathlib.Path, a: argparse.Namespace, depths: tuple[int, ...]):
     from attractor_jax.models import get_config
-    from attractor_jax.train.puzzle_optim import reference_optim_config
+    from attractor_jax.train.optim import reference_optim_config
     from attractor_jax.train.trainer import DataConfig, RunConfig, TrainConfig
 
     cfg = get_config(preset, hidden_size=a.hidden, num_heads=max(1, a.hidden // 32), halt_max_steps=a.act_steps)
