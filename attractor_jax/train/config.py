@@ -18,11 +18,11 @@ class DataConfig:
     SentencePiece ``.model`` or a HF ``tokenizers`` ``.json``), and the validation split (``val_path``, or the
     last ``val_fraction`` of ``path``)."""
 
-    path: str | None = None
-    tokenizer: str = "byte"
-    val_path: str | None = None
-    val_fraction: float = 0.05
-    text_field: str = "text"
+    path: str | None = None  # text file, folder, glob, .jsonl/.parquet, hf://OWNER/NAME, seqio:TASK, puzzle dir
+    tokenizer: str = "byte"  # "byte", a SentencePiece .model or a HF tokenizers .json
+    val_path: str | None = None  # validation text (None: the last val_fraction of path)
+    val_fraction: float = 0.05  # share of path held out for validation when val_path is None
+    text_field: str = "text"  # the field holding the text in .jsonl/.parquet records
 
     def __post_init__(self):
         if not 0.0 <= self.val_fraction < 1.0:
@@ -36,21 +36,21 @@ class TrainConfig:
     solve; ``mesh`` is e.g. ``"data=2,fsdp=2,tensor=2"`` (None: all devices on ``data``); ``dtype`` overrides
     the model's compute dtype (``"bfloat16"`` on accelerators; parameters stay float32)."""
 
-    steps: int = 1000
-    batch_size: int = 8
-    seq_len: int = 128
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 0
-    eval_batches: int = 4
-    eval_depths: tuple[int, ...] = (0, 1, 2, 4)
-    save_every: int = 200
-    keep: int = 3
-    grad_accum: int = 1
-    mesh: str | None = None
-    dtype: str | None = None
-    async_checkpoint: bool = True
-    tensorboard: bool = True
+    steps: int = 1000  # total optimizer steps (a larger value continues a finished run)
+    batch_size: int = 8  # global sequences (or puzzle rows) per optimizer step
+    seq_len: int = 128  # tokens per training sequence (LM)
+    seed: int = 0  # parameters, data order and dropout/noise keys
+    log_every: int = 10  # steps between metrics.jsonl rows
+    eval_every: int = 0  # steps between periodic evaluations (0: only at the end)
+    eval_batches: int = 4  # validation batches per evaluation
+    eval_depths: tuple[int, ...] = (0, 1, 2, 4)  # partial solver depths evaluated besides the full solve
+    save_every: int = 200  # steps between checkpoints (0: only at the end)
+    keep: int = 3  # checkpoints kept
+    grad_accum: int = 1  # micro-batches per step (batch_size must be a multiple)
+    mesh: str | None = None  # e.g. "data=2,fsdp=2,tensor=2" (None: all devices on data)
+    dtype: str | None = None  # compute dtype override, e.g. "bfloat16" (parameters stay float32)
+    async_checkpoint: bool = True  # write checkpoints in the background
+    tensorboard: bool = True  # also write TensorBoard event files
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len", "log_every", "eval_batches", "keep", "grad_accum"):
@@ -91,21 +91,23 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        def build(kind, values):
-            fields = {f.name: f for f in dataclasses.fields(kind)}
-            out = {}
-            for k, v in values.items():
-                if k not in fields:
-                    raise ValueError(f"{kind.__name__}: unknown field {k!r}")
-                out[k] = tuple(v) if isinstance(v, list) else v
-            return kind(**out)
-
         model = config_from_dict(d["model"])
         optim = dict(d.get("optim", {}))
         if is_reasoner(model) and "optimizer" not in optim:  # written by the former PuzzleOptimConfig
             optim.update(optimizer="trm", schedule="warmup_cosine")
-        return cls(model=model, train=build(TrainConfig, d.get("train", {})),
-                   optim=build(OptimConfig, optim), data=build(DataConfig, d.get("data", {})))
+        return cls(model=model, train=with_fields("train", TrainConfig(), d.get("train", {})),
+                   optim=with_fields("optim", OptimConfig(), optim),
+                   data=with_fields("data", DataConfig(), d.get("data", {})))
+
+
+def with_fields(section: str, base: Any, values: dict) -> Any:
+    """``base`` (a section's dataclass) with ``values`` replaced (JSON lists become tuples); an unknown field
+    raises ValueError naming it. The one path of ``from_dict`` and ``--set`` for the run's sections."""
+    names = [f.name for f in dataclasses.fields(base)]
+    for k in values:
+        if k not in names:
+            raise ValueError(f"unknown field {section}.{k}; valid fields of {section}: {', '.join(names)}")
+    return dataclasses.replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def _coerce(text: str, current: Any) -> Any:
@@ -155,23 +157,16 @@ def apply_sets(run: RunConfig, sets: list[str]) -> RunConfig:
                     f"--set {key!r}: " + ("unknown key" if not owners else f"ambiguous (in {owners})")
                     + "; use model.FIELD, train.FIELD, optim.FIELD or data.FIELD")
             section, field = owners[0], key
-        if section == "model":
-            head, _, rest = field.partition(".")
-            cur = getattr(run.model, head, None)
-            cur = getattr(cur, rest, None) if rest else cur
-            try:
-                model_overrides[field] = _coerce(text.strip(), cur)
-            except ValueError as exc:
-                raise ValueError(f"--set {key}={text}: {exc}") from None
-            continue
-        cfg = sections[section]
-        names = {f.name for f in dataclasses.fields(cfg)}
-        if field not in names:
-            raise ValueError(f"--set {key!r}: unknown field of {section}; valid: {', '.join(sorted(names))}")
+        head, _, rest = field.partition(".")
+        cur = getattr(run.model if section == "model" else sections[section], head, None)
+        cur = getattr(cur, rest, None) if rest else cur
         try:
-            value = _coerce(text.strip(), getattr(cfg, field))
+            value = _coerce(text.strip(), cur)
+            if section == "model":
+                model_overrides[field] = value
+            else:
+                sections[section] = with_fields(section, sections[section], {field: value})
         except ValueError as exc:
             raise ValueError(f"--set {key}={text}: {exc}") from None
-        sections[section] = dataclasses.replace(cfg, **{field: value})
     model = get_config(run.model, **model_overrides) if model_overrides else run.model
     return RunConfig(model=model, **sections)
