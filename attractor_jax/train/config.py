@@ -18,7 +18,7 @@ class DataConfig:
     SentencePiece ``.model`` or a HF ``tokenizers`` ``.json``), and the validation split (``val_path``, or the
     last ``val_fraction`` of ``path``)."""
 
-    path: str | None = None  # text file, folder, glob, .jsonl/.parquet, hf://OWNER/NAME, seqio:TASK, puzzle dir
+    path: str | None = None  # text file/folder/glob, .jsonl/.parquet, hf://O/N, seqio:TASK, puzzle dir
     tokenizer: str = "byte"  # "byte", a SentencePiece .model or a HF tokenizers .json
     val_path: str | None = None  # validation text (None: the last val_fraction of path)
     val_fraction: float = 0.05  # share of path held out for validation when val_path is None
