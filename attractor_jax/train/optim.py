@@ -69,13 +69,8 @@ POLAR_EXPRESS_COEFFS = (
 # Keller Jordan's quintic, repeated (optax's default).
 STANDARD_NS_COEFFS = (3.4445, -4.7750, 2.0315)
 # The Dion schedule shipped with optax.
-DION_NS_COEFFS = (
-    (4.0848, -6.8946, 2.9270),
-    (3.9505, -6.3029, 2.6377),
-    (3.7418, -5.5913, 2.3037),
-    (2.8769, -3.1427, 1.2046),
-    (2.8366, -3.0525, 1.2012),
-)
+DION_NS_COEFFS = ((4.0848, -6.8946, 2.9270), (3.9505, -6.3029, 2.6377), (3.7418, -5.5913, 2.3037),
+                  (2.8769, -3.1427, 1.2046), (2.8366, -3.0525, 1.2012))
 NS_COEFFS = ("polar_express", "standard", "dion")
 
 
