@@ -111,7 +111,7 @@ def model_from_reference(ref: dict, tensors: dict[str, np.ndarray]) -> tuple[nnx
     if "transformer.wte.weight" not in tensors:
         raise ValueError("missing tensor 'transformer.wte.weight'")
     graphdef, state = nnx.split(abstract_model(cfg))
-    flat = traverse_util.flatten_dict(state.to_pure_dict())
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
     used: set[str] = set()
     for path, abstract in flat.items():
         name, transposed = ref_mod.reference_name(cfg.arch, path)
@@ -125,7 +125,7 @@ def model_from_reference(ref: dict, tensors: dict[str, np.ndarray]) -> tuple[nnx
     if unknown:
         raise ValueError(f"unknown tensor {unknown[0]!r} in the checkpoint ({len(unknown)} unknown in all): it is "
                          f"not part of a {ref['_class_name']} with this config")
-    state.replace_by_pure_dict(traverse_util.unflatten_dict(flat))
+    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(flat))
     return nnx.merge(graphdef, state), cfg
 
 
@@ -139,7 +139,7 @@ def reference_state_dict(model: nnx.Module) -> tuple[dict[str, np.ndarray], dict
     """``(tensors, shared)``: the model's weights under the authors' names (float32, their layouts), plus the
     tensors their code constructs that ours lacks (zero), ``freqs_cis`` and the tied ``lm_head.weight``."""
     cfg: LMConfig = model.config
-    flat = traverse_util.flatten_dict(nnx.state(model, nnx.Param).to_pure_dict())
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     out: dict[str, np.ndarray] = {}
     bc = cfg.block_config()
     out["freqs_cis"] = ref_mod.rope_table(bc.dim_head, cfg.max_seq_len, cfg.rope_base)
@@ -197,3 +197,39 @@ def export_pretrained(model_or_workdir: Any, out_dir: str | os.PathLike, *, form
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def import_pretrained(source: str | os.PathLike, workdir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
+    """Write a reference checkpoint as an ordinary run directory: ``config.json`` (our run config, no data yet),
+    one checkpoint at step 0 (the imported weights with a fresh optimizer state) and ``reference_config.json``
+    (the original config, the base of a later export). ``eval``, ``train --workdir`` (fine-tuning) and
+    ``load_model`` accept it. A workdir that already holds a run is an error; on failure nothing is left."""
+    from attractor_jax.train.checkpoint import Checkpointer
+    from attractor_jax.train.config import RunConfig, TrainConfig
+    from attractor_jax.train.rundir import RunDirectory, write_json_atomic
+    from attractor_jax.train.tasks import make_task
+    from attractor_jax.train.tasks.lm import TrainState
+
+    wd = pathlib.Path(workdir)
+    rd = RunDirectory(wd)
+    if rd.has_checkpoint() or rd.config_path.exists():
+        raise OSError(f"workdir {str(wd)!r} already holds a run; import into a new workdir")
+    if wd.exists() and not wd.is_dir():
+        raise OSError(f"workdir {str(wd)!r} exists and is not a directory")
+    ref, tensors = read_reference(resolve_source(source))
+    model, cfg = model_from_reference(ref, tensors)
+    train = TrainConfig(seed=seed, seq_len=min(TrainConfig.seq_len, cfg.max_seq_len))
+    run = RunConfig.for_model(cfg, train=train)
+    task = make_task(run, validate=False)
+    params = jax.device_put(nnx.state(model), task.state_shardings.params)
+    state = TrainState(params=params, opt_state=jax.jit(task.optimizer.init)(params),
+                       step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(seed))
+    state = jax.device_put(state, task.state_shardings)
+    with rd.session(run.to_dict()):
+        write_json_atomic(wd / REFERENCE_CONFIG, ref)
+        ckpt = Checkpointer(wd, keep=run.train.keep, async_save=False)
+        try:
+            ckpt.save(0, state, None, {"step": 0, "config": run.to_dict(), "imported_from": str(source)}, force=True)
+        finally:
+            ckpt.close()
+    return wd
