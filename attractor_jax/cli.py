@@ -1,4 +1,4 @@
-"""Command line: ``attractor-jax train | eval | info | demo | data``.
+"""Command line: ``attractor-jax train | eval | info | demo | data | import | export``.
 
 Bad input (an unknown preset, a bad value) prints one line ``error: ...`` and exits with status 2.
 """
@@ -42,7 +42,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         import jax
 
         jax.distributed.initialize()  # multi-host: coordinator from the TPU/SLURM environment
-    run = RunConfig.for_model(get_config(args.preset))
+    if args.preset:
+        run = RunConfig.for_model(get_config(args.preset))
+    else:  # continue (or fine-tune an imported model in) the run that --workdir holds
+        from attractor_jax.train.rundir import RunDirectory
+
+        run = RunConfig.from_dict(RunDirectory(args.workdir).read_config())
     run = dataclasses.replace(run, data=dataclasses.replace(run.data, path=args.data))
     changes = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("mesh", args.mesh),
                                  ("log_every", args.log_every)) if v is not None}
@@ -88,6 +93,37 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         extra = f"  f-evals/token {r['solver_iters']:.2f}" if "solver_iters" in r else ""
         print(f"  T={depth:>4s}  loss {r['loss']:.4f}  ppl {r['ppl']:.2f}{extra}")
     return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from attractor_jax.interop.api import import_pretrained
+
+    wd = import_pretrained(args.source, args.workdir, seed=args.seed)
+    print(f"imported {args.source} into {wd} (step 0); evaluate with `attractor-jax eval --workdir {wd}`")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from attractor_jax.interop.api import export_pretrained
+
+    out = export_pretrained(args.workdir, args.output, format=args.format, overwrite=args.overwrite)
+    print(f"exported {args.workdir} to {out} (config.json + model.{'pt' if args.format == 'pt' else 'safetensors'})")
+    return 0
+
+
+def _add_interop_parsers(sub) -> None:
+    im = sub.add_parser("import", help="write the paper authors' checkpoint (config.json + model.pt/.safetensors) "
+                        "as a run directory")
+    im.add_argument("--source", required=True, help="checkpoint folder or hf://OWNER/NAME")
+    im.add_argument("--workdir", required=True, help="new run folder to create")
+    im.add_argument("--seed", type=int, default=0, help="the run's training seed (for fine-tuning)")
+    im.set_defaults(func=_cmd_import)
+    ex = sub.add_parser("export", help="write a run's newest checkpoint in the paper authors' format")
+    ex.add_argument("--workdir", required=True)
+    ex.add_argument("--output", required=True, help="folder to create: config.json + model.pt (or .safetensors)")
+    ex.add_argument("--format", choices=("pt", "safetensors"), default="pt")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    ex.set_defaults(func=_cmd_export)
 
 
 def _csv_list(text: str) -> list[str]:
@@ -219,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="train (or resume) a preset in a work directory: a language model on text, "
                                       "a puzzle reasoner (trm-*, attractor-sudoku/maze-*) on a built puzzle dataset")
-    tr.add_argument("--preset", required=True, help="model preset, e.g. attractor-tiny (see `info`)")
+    tr.add_argument("--preset", help="model preset, e.g. attractor-tiny (see `info`); omit it to continue the run "
+                    "in --workdir (e.g. fine-tune a model written by `import`)")
     tr.add_argument("--data", required=True, help="text file, folder, glob, .jsonl/.parquet, hf://OWNER/NAME, or "
                                                    "seqio:TASK (docs/seqio.md); for a reasoner: a puzzle dataset "
                                                    "folder (attractor-jax data ...)")
@@ -249,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="folder for the runs, demo.json and demo.png")
     demo.set_defaults(func=_cmd_demo)
     _add_data_parser(sub)
+    _add_interop_parsers(sub)
     return p
 
 

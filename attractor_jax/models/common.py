@@ -26,9 +26,9 @@ def make_embed(cfg: LMConfig, rngs: nnx.Rngs) -> Embed:
     )
 
 
-def make_value_embeds(cfg: LMConfig, n_layers: int, rngs: nnx.Rngs) -> nnx.Dict:
-    """One ``[vocab, K·H]`` table per value-embedding layer, N(0, 1) (PyTorch's default embedding init),
-    keyed by the layer index as a string."""
+def make_value_embeds(cfg: LMConfig, n_layers: int, rngs: nnx.Rngs, where=None) -> nnx.Dict:
+    """One ``[vocab, K·H]`` table per value-embedding layer (``where(i)``; default ``has_ve``), N(0, 1)
+    (PyTorch's default embedding init), keyed by the layer index as a string."""
     bc = cfg.block_config()
     width = bc.num_kv_heads * bc.dim_head
     return nnx.Dict(
@@ -37,7 +37,7 @@ def make_value_embeds(cfg: LMConfig, n_layers: int, rngs: nnx.Rngs) -> nnx.Dict:
                 cfg.vocab_size, width, embedding_init=normal_init(1.0), axes=("vocab", "kv"), rngs=rngs
             )
             for i in range(n_layers)
-            if has_ve(i, n_layers)
+            if (has_ve(i, n_layers) if where is None else where(i))
         }
     )
 

@@ -138,6 +138,10 @@ class ParcaeConfig(LMConfig):
     mean_recurrence − mean_backprop_depth steps without and mean_backprop_depth with gradient. Evaluation
     runs a fixed mean_recurrence steps. ``state_init``: ``like-init`` (truncated normal with the embedding
     std) or ``zero``.
+
+    ``ve_layers``: the layers (numbered over prelude + core + coda) that mix a value embedding into v; None is
+    the reference's alternating rule (the last layer included). Imported checkpoints set it where the
+    authors' table and gate placement rules disagree (see ``attractor_jax.interop``).
     """
 
     arch: ClassVar[str] = "parcae"
@@ -152,9 +156,15 @@ class ParcaeConfig(LMConfig):
     prelude_norm: bool = True
     value_embeds: bool = True
     ssm_decay: float = math.sqrt(1.0 / 5.0)
+    ve_layers: tuple[int, ...] | None = None
 
     def __post_init__(self):
         super().__post_init__()
+        if self.ve_layers is not None:  # JSON gives a list; keep the config hashable
+            object.__setattr__(self, "ve_layers", tuple(self.ve_layers))
+            n = self.n_prelude + self.n_core + self.n_coda
+            if any(not isinstance(i, int) or not 0 <= i < n for i in self.ve_layers):
+                raise ValueError(f"ParcaeConfig.ve_layers={self.ve_layers!r} must hold layer indices in [0, {n})")
         _check_positive(
             "ParcaeConfig",
             n_core=self.n_core,
@@ -169,6 +179,14 @@ class ParcaeConfig(LMConfig):
         _check_choice("parcae", "state_init", self.state_init, ("like-init", "zero"))
         if not 0.0 < self.ssm_decay < 1.0:
             raise ValueError(f"parcae.ssm_decay={self.ssm_decay!r} must be in (0, 1)")
+
+    def mixes_value_embed(self, layer: int) -> bool:
+        """Whether ``layer`` (over prelude + core + coda) has a value-embedding table and gate."""
+        if not self.value_embeds:
+            return False
+        if self.ve_layers is not None:
+            return layer in self.ve_layers
+        return layer % 2 == (self.n_prelude + self.n_core + self.n_coda - 1) % 2
 
 
 @dataclasses.dataclass(frozen=True)

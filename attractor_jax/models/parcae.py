@@ -25,7 +25,6 @@ from flax import nnx
 
 from attractor_jax.models.common import (
     embed_tokens,
-    has_ve,
     lookup_value_embeds,
     make_embed,
     make_value_embeds,
@@ -74,13 +73,12 @@ class ParcaeCore(nnx.Module):
 
     def __init__(self, config: ParcaeConfig, *, rngs: nnx.Rngs):
         bc = config.block_config()
-        n_eff = config.n_prelude + config.n_core + config.n_coda
         self.injection = DiagonalInjection(
             config.d_model, config.d_model, ssm_decay=config.ssm_decay, dtype=jnp.dtype(config.dtype)
         )
         self.blocks = nnx.List(
             [
-                Block(bc, value_embed=config.value_embeds and has_ve(config.n_prelude + i, n_eff), rngs=rngs)
+                Block(bc, value_embed=config.mixes_value_embed(config.n_prelude + i), rngs=rngs)
                 for i in range(config.n_core)
             ]
         )
@@ -109,9 +107,9 @@ class Parcae(nnx.Module):
         bc = config.block_config()
         p, c, o = config.n_prelude, config.n_core, config.n_coda
         n_eff = p + c + o
-        ve = config.value_embeds
+        ve = config.mixes_value_embed
         self.embed = make_embed(config, rngs)
-        self.prelude = nnx.List([Block(bc, value_embed=ve and has_ve(i, n_eff), rngs=rngs) for i in range(p)])
+        self.prelude = nnx.List([Block(bc, value_embed=ve(i), rngs=rngs) for i in range(p)])
         self.prelude_norm = RMSNorm(config.d_model, eps=config.norm_eps) if config.prelude_norm else None
         self.core = ParcaeCore(config, rngs=rngs)
         self.C = Linear(
@@ -123,9 +121,9 @@ class Parcae(nnx.Module):
             rngs=rngs,
         )
         self.coda = nnx.List(
-            [Block(bc, value_embed=ve and has_ve(p + c + i, n_eff), rngs=rngs) for i in range(o)]
+            [Block(bc, value_embed=ve(p + c + i), rngs=rngs) for i in range(o)]
         )
-        self.value_embeds = make_value_embeds(config, n_eff, rngs) if ve else nnx.Dict({})
+        self.value_embeds = make_value_embeds(config, n_eff, rngs, where=ve)
         self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps)
 
     def initial_state(self, key: jax.Array, shape) -> jax.Array:

@@ -166,7 +166,8 @@ class Checkpointer:
         try:
             for step in reversed(steps):
                 args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
-                if data_iter is not None:
+                if data_iter is not None and (self.directory / str(step) / "data").exists():
+                    # (an imported model's checkpoint has no data position: its data starts at the beginning)
                     args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
                 try:
                     out = self.manager.restore(step, args=ocp.args.Composite(**args))

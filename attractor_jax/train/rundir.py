@@ -62,7 +62,7 @@ def finalised_steps(checkpoint_dir: pathlib.Path) -> list[int]:
 class RunDirectory:
     """The files of one training run: ``config.json``, ``checkpoints/``, ``metrics.jsonl``, ``tb/``, ``eval.json``."""
 
-    CREATED = ("config.json", "metrics.jsonl", "tb", "checkpoints", "eval.json")
+    CREATED = ("config.json", "metrics.jsonl", "tb", "checkpoints", "eval.json", "reference_config.json")
 
     def __init__(self, workdir: str | os.PathLike):
         self.path = pathlib.Path(workdir)
@@ -97,6 +97,10 @@ class RunDirectory:
             return d
 
         a, b = comparable(old), comparable(config)
+        if a.get("data", {}).get("path") is None:  # an imported model: its first training chooses data and loop
+            for section in ("data", "train"):
+                a.pop(section, None)
+                b.pop(section, None)
         if a != b:
             diff = sorted(f"{s}.{k}" for s in set(a) | set(b) for k in set(a.get(s, {})) | set(b.get(s, {}))
                           if a.get(s, {}).get(k) != b.get(s, {}).get(k))
