@@ -289,5 +289,10 @@ class LMTask(Task):
         data = [self.put(b) for b in data_pipelines(run, jax.process_index(), jax.process_count())[1]()]
         if not data:
             raise ValueError("no validation data: set data.val_fraction > 0 or data.val_path")
-        depths = [*self.run.train.eval_depths, None] if depths is None else list(depths)
+        if depths is None:
+            depths = self._depths()
+        else:
+            from attractor_jax.eval.perplexity import check_depths
+
+            depths = check_depths(self.model_config, depths)  # a GPT has only the full depth
         return {"step": step, "depths": self._losses(state.eval_params, data, depths)}
