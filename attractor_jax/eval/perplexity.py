@@ -20,6 +20,7 @@ real tokens of a window, and the per-token solve is exactly causal, so it change
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Iterable, Sequence
 
@@ -70,11 +71,10 @@ def _f_evals(aux: dict, shape: tuple[int, int]) -> jax.Array | None:
     return None
 
 
-def token_scorer(model: nnx.Module) -> Scorer:
-    """``score(inputs_BT, targets_BT, max_iter) -> {"nll", "hit", ["f_evals"]}`` as numpy ``[B, T]``: the
-    negative log-likelihood (nats, float32) of each target, whether it is the greedy (argmax) prediction, and
-    the work spent on each position. Jitted once per shape and depth."""
-    graphdef, state = nnx.split(model)
+@functools.lru_cache(maxsize=8)
+def _jitted_score(graphdef):
+    """The jitted scoring function of one model structure (cached, so that several evaluations of a model in
+    one process compile each shape and depth once)."""
 
     def score(state, inputs_BT, targets_BT, max_iter):
         logits_BTV, aux = nnx.merge(graphdef, state)(inputs_BT, max_iter=max_iter)
@@ -86,7 +86,15 @@ def token_scorer(model: nnx.Module) -> Scorer:
             out["f_evals"] = fe
         return out
 
-    jitted = jax.jit(score, static_argnums=(3,))
+    return jax.jit(score, static_argnums=(3,))
+
+
+def token_scorer(model: nnx.Module) -> Scorer:
+    """``score(inputs_BT, targets_BT, max_iter) -> {"nll", "hit", ["f_evals"]}`` as numpy ``[B, T]``: the
+    negative log-likelihood (nats, float32) of each target, whether it is the greedy (argmax) prediction, and
+    the work spent on each position. Jitted once per model structure, shape and depth."""
+    graphdef, state = nnx.split(model)
+    jitted = _jitted_score(graphdef)
 
     def run(inputs_BT: np.ndarray, targets_BT: np.ndarray, max_iter: int | None) -> dict[str, np.ndarray]:
         return jax.device_get(jitted(state, jnp.asarray(inputs_BT, jnp.int32), jnp.asarray(targets_BT, jnp.int32),
