@@ -34,7 +34,8 @@ from flax import nnx
 
 from attractor_jax.data.puzzles.progress import Progress
 from attractor_jax.data.tokenizers import Tokenizer
-from attractor_jax.eval.perplexity import check_depths, depth_label, pack_rows, token_scorer
+from attractor_jax.eval.perplexity import depth_label, pack_rows, token_scorer
+from attractor_jax.models.registry import check_depths
 
 __all__ = ["lambada", "read_lambada", "split_last_word", "target_split"]
 

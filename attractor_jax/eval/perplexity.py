@@ -32,35 +32,15 @@ from flax import nnx
 from attractor_jax.data.puzzles.progress import Progress
 from attractor_jax.data.text import iter_documents
 from attractor_jax.data.tokenizers import Tokenizer
+from attractor_jax.models.registry import check_depths
 
-__all__ = ["check_depths", "depth_label", "document_windows", "perplexity", "token_scorer"]
+__all__ = ["depth_label", "document_windows", "pack_rows", "perplexity", "token_scorer"]
 
 Scorer = Callable[[np.ndarray, np.ndarray, "int | None"], dict[str, np.ndarray]]
 
 
 def depth_label(depth: int | None) -> str:
     return "full" if depth is None else str(depth)
-
-
-def has_depth(model_config: Any) -> bool:
-    """Whether a model has a depth to vary: an attractor head's solver or Parcae's recurrence."""
-    return getattr(model_config, "solver", None) is not None or hasattr(model_config, "mean_recurrence")
-
-
-def check_depths(model_config: Any, depths: Sequence[int | None]) -> list[int | None]:
-    """The depths as a list; ValueError for a negative one, or for any finite one on a model without a solver
-    or recurrence (a GPT), where it would silently mean the same as the full model."""
-    depths = list(depths)
-    if not depths:
-        raise ValueError("no solver depths to evaluate: expected e.g. --max-iter 0,1,2,4,full")
-    bad = [d for d in depths if d is not None and (not isinstance(d, int) or d < 0)]
-    if bad:
-        raise ValueError(f"max_iter {bad[0]!r} is invalid: expected a non-negative int or 'full'")
-    if not has_depth(model_config) and any(d is not None for d in depths):
-        arch = getattr(model_config, "arch", type(model_config).__name__)
-        raise ValueError(f"--max-iter {','.join(depth_label(d) for d in depths)}: a {arch} model has no solver or "
-                         "recurrence, so its only depth is 'full' (omit --max-iter)")
-    return depths
 
 
 def _f_evals(aux: dict, shape: tuple[int, int]) -> jax.Array | None:

@@ -8,7 +8,7 @@ import pathlib
 import re
 from typing import Any
 
-from attractor_jax.eval.perplexity import check_depths, has_depth
+from attractor_jax.models.registry import check_depths, has_depth
 
 __all__ = ["TASKS", "evaluate_text", "format_table", "is_lm_run", "summary"]
 
@@ -98,9 +98,10 @@ def format_table(res: dict) -> str:
             lines.append(f"  {label:>5s}  {r['ppl']:10.5g}  {r['ppl_per_token']:10.5g}  {r['acc']:6.3f}  "
                          f"{_fmt(r, 'f_evals_per_token', '13.2f')}")
         return "\n".join(lines)
-    lines = [f"step {res['step']}: perplexity on {res['data']} ({res['documents']} documents, {res['tokens']} tokens, "
-             f"{res['bytes']} bytes; windows of {res['seq_len']})",
-             f"  {'depth':>5s}  {'loss':>8s}  {'ppl':>10s}  {'bits/byte':>9s}  {'byte ppl':>8s}  {'f-evals/token':>13s}"]
+    lines = [f"step {res['step']}: perplexity on {res['data']} ({res['documents']} documents, "
+             f"{res['tokens']} tokens, {res['bytes']} bytes; windows of {res['seq_len']})",
+             f"  {'depth':>5s}  {'loss':>8s}  {'ppl':>10s}  {'bits/byte':>9s}  {'byte ppl':>8s}  "
+             f"{'f-evals/token':>13s}"]
     for label, r in res["depths"].items():
         lines.append(f"  {label:>5s}  {r['loss']:8.4f}  {r['ppl']:10.5g}  {r['bits_per_byte']:9.4f}  "
                      f"{r['byte_ppl']:8.4f}  {_fmt(r, 'f_evals_per_token', '13.2f')}")

@@ -15,8 +15,8 @@ from flax import nnx
 from attractor_jax.cli import main as cli_main
 from attractor_jax.data.tokenizers import ByteTokenizer
 from attractor_jax.eval.lambada import _rows, lambada, read_lambada, split_last_word, target_split
-from attractor_jax.eval.perplexity import check_depths, perplexity
-from attractor_jax.models import get_config
+from attractor_jax.eval.perplexity import perplexity
+from attractor_jax.models import check_depths, get_config
 
 FIXTURE = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "lambada_tiny.jsonl"
 TINY = dict(d_model=32, n_heads=2, mlp_dim=64, n_backbone_layers=1)
@@ -151,8 +151,9 @@ def test_lambada_target_of_a_tokenizer_that_merges_the_space(tmp_path):
     tk = tokenizers.Tokenizer(tokenizers.models.BPE())
     tk.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = tokenizers.decoders.ByteLevel()
-    tk.train_from_iterator(["the lamp and the harbour lamp glow"] * 20, tokenizers.trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(["the lamp and the harbour lamp glow"] * 20, trainer)
     tk.save(str(tmp_path / "tok.json"))
     tok = HFTokenizer(tmp_path / "tok.json")
     ids, k = target_split(tok, "by the glow of the lamp")
