@@ -16,6 +16,8 @@ Metrics per depth, over N examples with target log-likelihood ℓᵢ (nats, summ
     ppl_per_token  = exp(−Σ ℓᵢ / Σ tokens)   per target token, for reference
     acc            = fraction of examples whose every target token is the greedy (argmax) prediction
 
+and ``f_evals_per_token``, the depth's work per position over every scored position (context and word).
+
 The paper's table uses lm-eval's split, whose continuation is " word" (the space is scored too). For
 tokenizers that merge the space into the word both splits coincide; a byte-level model here is scored on the
 word's bytes only (the brief's definition), so its numbers are not those of lm-eval's byte-level split.

@@ -84,8 +84,8 @@ def evaluate_text(workdir: str | os.PathLike, data: str, *, task: str = "perplex
     return res, out
 
 
-def _fmt(r: dict, key: str, spec: str) -> str:
-    return format(r[key], spec) if key in r else "-"
+def _fmt(r: dict, key: str, width: int, spec: str) -> str:
+    return format(r[key], f"{width}{spec}") if key in r else "-".rjust(width)
 
 
 def format_table(res: dict) -> str:
@@ -96,7 +96,7 @@ def format_table(res: dict) -> str:
                  f"  {'depth':>5s}  {'ppl':>10s}  {'ppl/token':>10s}  {'acc':>6s}  {'f-evals/token':>13s}"]
         for label, r in res["depths"].items():
             lines.append(f"  {label:>5s}  {r['ppl']:10.5g}  {r['ppl_per_token']:10.5g}  {r['acc']:6.3f}  "
-                         f"{_fmt(r, 'f_evals_per_token', '13.2f')}")
+                         f"{_fmt(r, 'f_evals_per_token', 13, '.2f')}")
         return "\n".join(lines)
     lines = [f"step {res['step']}: perplexity on {res['data']} ({res['documents']} documents, "
              f"{res['tokens']} tokens, {res['bytes']} bytes; windows of {res['seq_len']})",
@@ -104,7 +104,7 @@ def format_table(res: dict) -> str:
              f"{'f-evals/token':>13s}"]
     for label, r in res["depths"].items():
         lines.append(f"  {label:>5s}  {r['loss']:8.4f}  {r['ppl']:10.5g}  {r['bits_per_byte']:9.4f}  "
-                     f"{r['byte_ppl']:8.4f}  {_fmt(r, 'f_evals_per_token', '13.2f')}")
+                     f"{r['byte_ppl']:8.4f}  {_fmt(r, 'f_evals_per_token', 13, '.2f')}")
     return "\n".join(lines)
 
 
