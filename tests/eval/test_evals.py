@@ -41,7 +41,7 @@ def write_run(wd: pathlib.Path, preset: str, data: pathlib.Path, checkpoint: boo
                               train=TrainConfig(seq_len=L, batch_size=4, eval_depths=(0,), tensorboard=False))
     with RunDirectory(wd).session(run.to_dict()):
         if checkpoint:
-            state = make_task(run, validate=False).init()
+            state = jax.jit(make_task(run, validate=False).init)()
             if edit is not None:
                 state = dataclasses.replace(state, params=edit(state.params))
             ck = Checkpointer(wd, async_save=False)
