@@ -8,7 +8,7 @@ import pathlib
 import re
 from typing import Any
 
-from attractor_jax.models.registry import check_depths, has_depth
+from attractor_jax.models.registry import check_depths, has_depth, is_reasoner
 
 __all__ = ["TASKS", "evaluate_text", "format_table", "is_lm_run", "summary"]
 
@@ -24,9 +24,7 @@ def _run_config(workdir: str | os.PathLike):
 
 def is_lm_run(workdir: str | os.PathLike) -> bool:
     """Whether the run in ``workdir`` is a language model (not a puzzle reasoner)."""
-    from attractor_jax.models.config import LMConfig
-
-    return isinstance(_run_config(workdir).model, LMConfig)
+    return not is_reasoner(_run_config(workdir).model)
 
 
 def result_name(task: str, data: str) -> str:
@@ -56,9 +54,9 @@ def evaluate_text(workdir: str | os.PathLike, data: str, *, task: str = "perplex
         raise ValueError(f"--task {task!r} is unknown: expected one of {', '.join(TASKS)}")
     wd = pathlib.Path(workdir)
     run = _run_config(wd)
-    if not is_lm_run(wd):
-        raise ValueError(f"workdir {str(wd)!r} holds a puzzle reasoner ({run.model.name}): --task {task} needs a "
-                         "language model")
+    if is_reasoner(run.model):
+        raise ValueError(f"workdir {str(wd)!r} holds a puzzle reasoner ({type(run.model).__name__}): --task {task} "
+                         "needs a language model")
     if depths is None:
         depths = [*run.train.eval_depths, None] if has_depth(run.model) else [None]
     depths = check_depths(run.model, depths)
