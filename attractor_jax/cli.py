@@ -79,9 +79,27 @@ def _parse_depths(text: str | None) -> list[int | None] | None:
     return out
 
 
+def _cmd_eval_text(args: argparse.Namespace) -> int:
+    """Perplexity per token/byte or LAMBADA on --data (attractor_jax.eval), written to WORKDIR/eval/."""
+    from attractor_jax.eval.runner import evaluate_text, summary
+
+    if args.data is None:
+        raise ValueError(f"--task {args.task} needs --data (a text source, or a LAMBADA .jsonl)")
+    res, path = evaluate_text(args.workdir, args.data, task=args.task or "perplexity",
+                              depths=_parse_depths(args.max_iter), batch_size=args.batch_size,
+                              max_documents=args.max_docs)
+    print(summary(res, path))
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from attractor_jax.train.trainer import evaluate
 
+    if args.task is not None or args.data is not None:
+        from attractor_jax.eval.runner import is_lm_run
+
+        if args.task is not None or is_lm_run(args.workdir):
+            return _cmd_eval_text(args)
     res = evaluate(args.workdir, depths=_parse_depths(args.max_iter), data_path=args.data, batches=args.batches)
     if any("exact" in r for r in res["depths"].values()):  # a puzzle reasoner
         from attractor_jax.train.tasks.puzzle import format_eval
@@ -270,11 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a config field: model.FIELD, train.FIELD, optim.FIELD, data.FIELD (repeatable)")
     tr.set_defaults(func=_cmd_train)
-    ev = sub.add_parser("eval", help="validation loss (LM) or test exact/cell accuracy (reasoner) of a run's latest "
-                                     "checkpoint at several solver depths")
+    ev = sub.add_parser("eval", help="a run's latest checkpoint at several solver depths: validation loss (LM) or "
+                                     "test exact/cell accuracy (reasoner); with --data, perplexity per token and "
+                                     "per byte on any text, or --task lambada")
     ev.add_argument("--workdir", required=True)
     ev.add_argument("--max-iter", help="comma-separated depths, e.g. 0,1,2,4,full (default: the run's)")
-    ev.add_argument("--data", help="evaluate on this data instead of the run's validation split")
+    ev.add_argument("--data", help="LM: text to score (file, folder, glob, hf://OWNER/NAME) or a LAMBADA .jsonl "
+                                   "with --task lambada; reasoner: a puzzle dataset instead of the run's")
+    ev.add_argument("--task", choices=("perplexity", "lambada"),
+                    help="LM evaluation on --data (default with --data: perplexity); results in WORKDIR/eval/")
+    ev.add_argument("--batch-size", type=int, help="rows per batch for --data (default: the run's batch_size)")
+    ev.add_argument("--max-docs", type=int, help="score at most this many documents/examples of --data")
     ev.add_argument("--batches", type=int, help="validation batches (default: the run's eval_batches)")
     ev.set_defaults(func=_cmd_eval)
     info = sub.add_parser("info", help="versions, devices and presets; --preset NAME for a parameter split")

@@ -76,6 +76,7 @@ __all__ = [
     "TextCorpusStats",
     "TextIterator",
     "check_val_options",
+    "iter_documents",
     "iter_file_documents",
     "keyed_documents",
     "make_text_pipeline",
@@ -587,6 +588,20 @@ def _raw_documents(a: _TextArgs) -> Callable[[int], Iterator[tuple[int, str]]]:
         yield from keyed_documents(files, a.text_field, a.doc_separator, order)
 
     return files_epoch
+
+
+def iter_documents(path: PathSpec, *, text_field: str = "text", doc_separator: str | None = "auto"
+                   ) -> Iterator[str]:
+    """The non-empty documents of any source the pipelines read (files, folders, globs, `hf://` datasets), in
+    source order, unshuffled and unsplit: what an evaluation scores."""
+    if _is_hf(path):
+        for ex in _open_hf_dataset(os.fspath(path), text_field):
+            text = ex.get(text_field)
+            if isinstance(text, str) and text.strip():
+                yield text
+        return
+    for _, text in keyed_documents(resolve_text_files(path), text_field, doc_separator):
+        yield text
 
 
 def _make_doc_stream(a: _TextArgs, shuffle_buffer: int) -> Callable[[int], Iterator[str]]:

@@ -44,6 +44,29 @@ def is_reasoner(cfg: Any) -> bool:
     return isinstance(cfg, REASONER_CONFIGS)
 
 
+def has_depth(cfg: Any) -> bool:
+    """Whether a language model has a depth to vary at evaluation (``max_iter``): the Attractor's solver or
+    Parcae's recurrence. A GPT has none."""
+    return isinstance(cfg, (AttractorConfig, ParcaeConfig))
+
+
+def check_depths(cfg: Any, depths: Any) -> list[int | None]:
+    """The evaluation depths of a language model as a list (None = the full solve / ``mean_recurrence``);
+    ValueError for an empty list, a negative or non-int depth, or any finite depth of a model without a solver
+    or recurrence (a GPT), where it would silently mean the same as the full model."""
+    depths = list(depths)
+    if not depths:
+        raise ValueError("no solver depths to evaluate: expected e.g. --max-iter 0,1,2,4,full")
+    bad = [d for d in depths if d is not None and (not isinstance(d, int) or d < 0)]
+    if bad:
+        raise ValueError(f"max_iter {bad[0]!r} is invalid: expected a non-negative int or 'full'")
+    if not has_depth(cfg) and any(d is not None for d in depths):
+        given = ",".join("full" if d is None else str(d) for d in depths)
+        raise ValueError(f"--max-iter {given}: a {getattr(cfg, 'arch', type(cfg).__name__)} model has no solver "
+                         "or recurrence, so its only depth is 'full' (omit --max-iter)")
+    return depths
+
+
 def list_presets() -> list[str]:
     """Names accepted by ``create_model``/``get_config``."""
     return list(PRESETS)

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import jax
 
+from attractor_jax.models import check_depths, is_reasoner
 from attractor_jax.progress import Progress
 from attractor_jax.train.checkpoint import Checkpointer
 from attractor_jax.train.config import DataConfig, RunConfig, TrainConfig, apply_sets
@@ -184,6 +185,8 @@ def evaluate(workdir: str | os.PathLike, depths: list[int | None] | None = None,
     run = RunConfig.from_dict(RunDirectory(wd).read_config())
     if data_path is not None:
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, path=data_path))
+    if depths is not None and not is_reasoner(run.model):
+        depths = check_depths(run.model, depths)  # a GPT has only the full depth
     task = make_task(run, validate=data_path is not None)  # other data is checked, and must fit the model
     if data_path is not None:
         if task.run.model != run.model:

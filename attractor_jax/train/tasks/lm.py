@@ -288,10 +288,10 @@ class LMTask(Task):
         return self.periodic_eval(state)
 
     def evaluate(self, state, step: int, depths, batches) -> dict:
+        depths = self._depths() if depths is None else list(depths)
         run = self.run if not batches else dataclasses.replace(
             self.run, train=dataclasses.replace(self.run.train, eval_batches=batches))
         data = [self.put(b) for b in data_pipelines(run, jax.process_index(), jax.process_count())[1]()]
         if not data:
             raise ValueError("no validation data: set data.val_fraction > 0 or data.val_path")
-        depths = [*self.run.train.eval_depths, None] if depths is None else list(depths)
         return {"step": step, "depths": self._losses(state.eval_params, data, depths)}
