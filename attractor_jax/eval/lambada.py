@@ -34,7 +34,7 @@ from typing import Iterable
 import numpy as np
 from flax import nnx
 
-from attractor_jax.data.puzzles.progress import Progress
+from attractor_jax.progress import Progress
 from attractor_jax.data.tokenizers import Tokenizer
 from attractor_jax.eval.perplexity import depth_label, pack_rows, token_scorer
 from attractor_jax.models.registry import check_depths

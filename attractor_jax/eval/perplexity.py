@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from attractor_jax.data.puzzles.progress import Progress
+from attractor_jax.progress import Progress
 from attractor_jax.data.text import iter_documents
 from attractor_jax.data.tokenizers import Tokenizer
 from attractor_jax.models.registry import check_depths
