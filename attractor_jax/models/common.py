@@ -34,7 +34,7 @@ def make_value_embeds(cfg: LMConfig, n_layers: int, rngs: nnx.Rngs, where=None) 
     return nnx.Dict(
         {
             str(i): Embed(
-                cfg.vocab_size, width, embedding_init=normal_init(1.0), axes=("vocab", "kv"), rngs=rngs
+                cfg.vocab_size, width, embedding_init=normal_init(1.0), axes=("vocab", "embed"), rngs=rngs
             )
             for i in range(n_layers)
             if (has_ve(i, n_layers) if where is None else where(i))

@@ -21,6 +21,7 @@ from attractor_jax.nn.init import (
 from attractor_jax.nn.layers import Embed, Linear, RMSNorm, rms_normalize
 from attractor_jax.nn.mlp import MLP, relu2
 from attractor_jax.nn.rope import apply_rope, rope_angles
+from attractor_jax.nn.sharding import shard_batch
 
 __all__ = [
     "LOGICAL_AXES",
@@ -42,6 +43,7 @@ __all__ = [
     "rms_normalize",
     "rope_angles",
     "scaled_std",
+    "shard_batch",
     "torch_linear_init",
     "trunc_normal_init",
     "trunc_orthogonal_init",

@@ -19,6 +19,7 @@ from attractor_jax.nn.config import BlockConfig
 from attractor_jax.nn.init import constant_init, param
 from attractor_jax.nn.layers import RMSNorm
 from attractor_jax.nn.mlp import MLP
+from attractor_jax.nn.sharding import shard_batch
 
 
 def gate_logit(layer_scale_init: float, gamma_max: float) -> float:
@@ -71,7 +72,9 @@ class Block(nnx.Module):
         ve_BTF: jax.Array | None = None,
         cache: KVCache | None = None,
     ):
-        """Returns the new residual stream, or ``(stream, new_cache)`` when ``cache`` is given."""
+        """Returns the new residual stream, or ``(stream, new_cache)`` when ``cache`` is given. Input and output
+        are batch-sharded under a training mesh (`attractor_jax.nn.sharding.shard_batch`)."""
+        x_BTD = shard_batch(x_BTD)
         g = self.gates()
         h = self.attn(self.norm_1(x_BTD), positions_BT=positions_BT, ve_BTF=ve_BTF, cache=cache)
         if cache is not None:
@@ -82,5 +85,5 @@ class Block(nnx.Module):
         m = self.mlp(self.norm_2(x))
         if g is not None:
             m = m.astype(jnp.float32) * g[1]
-        x = x + m.astype(x.dtype)
+        x = shard_batch(x + m.astype(x.dtype))
         return x if cache is None else (x, cache)

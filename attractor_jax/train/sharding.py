@@ -13,9 +13,10 @@ The models name every parameter axis (``vocab, embed, heads, kv, kv_heads, ve_in
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -120,6 +121,18 @@ def state_shardings(tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
         return jax.tree_util.tree_map(lambda _: replicated(mesh), x)
 
     return jax.tree_util.tree_map(one, specs, tree, is_leaf=lambda v: isinstance(v, P))
+
+
+def under_mesh(fn: Callable, mesh: Mesh) -> Callable:
+    """``fn`` traced with ``mesh`` as the ambient (abstract) mesh, so the models' `shard_batch` constraints pin
+    activations to the batch sharding. Wrap a step before ``jax.jit``."""
+
+    @functools.wraps(fn)
+    def traced_under_mesh(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    return traced_under_mesh
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

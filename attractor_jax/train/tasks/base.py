@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import jax
 
+from attractor_jax.train.sharding import under_mesh
 
 
 class Task:
@@ -34,7 +35,7 @@ class Task:
 
     def jit_train_step(self):
         """The train step jitted with explicit in/out shardings and the state donated."""
-        return jax.jit(self.train_step(), in_shardings=(self.state_shardings, self.batch_shardings),
+        return jax.jit(under_mesh(self.train_step(), self.mesh), in_shardings=(self.state_shardings, self.batch_shardings),
                        out_shardings=(self.state_shardings, None), donate_argnums=(0,))
 
     def abstract_sharded_state(self) -> Any:

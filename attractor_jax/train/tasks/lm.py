@@ -216,7 +216,7 @@ class LMTask(Task):
         self.batch_shardings = {k: shd.batch_sharding(self.mesh) for k in ("inputs", "targets")}
         self.batch_layout = {k: ((t.batch_size, t.seq_len), jnp.int32) for k in ("inputs", "targets")}
         self._train_step, eval_step = make_steps(self.graphdef, self.optimizer, t.grad_accum)
-        self._eval = jax.jit(eval_step, in_shardings=(self.state_shardings.params, self.batch_shardings),
+        self._eval = jax.jit(shd.under_mesh(eval_step, self.mesh), in_shardings=(self.state_shardings.params, self.batch_shardings),
                              static_argnums=(2,))
         self._pipes = None
         self._val: list = []

@@ -134,7 +134,7 @@ class PuzzleTask(Task):
         self.batch_layout = {"inputs": ((b, length), jnp.int32), "labels": ((b, length), jnp.int32),
                              "puzzle_identifiers": ((b,), jnp.int32), "mask": ((b,), jnp.bool_)}
         self.batch_shardings = {k: shd.batch_sharding(mesh, len(shape)) for k, (shape, _) in self.batch_layout.items()}
-        self._eval = jax.jit(make_reasoner_eval_step(self.graphdef), static_argnums=(3,))
+        self._eval = jax.jit(shd.under_mesh(make_reasoner_eval_step(self.graphdef), mesh), static_argnums=(3,))
         self._periodic: list = []
 
     def train_step(self):
