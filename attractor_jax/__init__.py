@@ -2,8 +2,9 @@
 
 The implicit-layer core (`aj.fixed_point`, solvers, backward modes, regularisers) is pure JAX and importable by
 any JAX codebase; models, training and data live in the sub-packages. The model entry points
-(`aj.create_model`, `aj.list_presets`, `aj.describe_preset`, `aj.get_config`) are loaded on first use, so
-``import attractor_jax`` (and ``attractor_jax.implicit``) does not pull in Flax.
+(`aj.create_model`, `aj.list_presets`, `aj.describe_preset`, `aj.get_config`) and `aj.generate` (text
+generation with KV caches) are loaded on first use, so ``import attractor_jax`` (and
+``attractor_jax.implicit``) does not pull in Flax.
 """
 
 import importlib
@@ -14,6 +15,7 @@ from attractor_jax.implicit import *  # noqa: F401,F403  (the public core API, l
 __version__ = "0.1.0"
 
 _LAZY = {name: "attractor_jax.models" for name in ("create_model", "list_presets", "describe_preset", "get_config")}
+_LAZY["generate"] = "attractor_jax.eval.generate"
 
 __all__ = [*implicit.__all__, *_LAZY]
 
