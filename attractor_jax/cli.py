@@ -1,4 +1,4 @@
-"""Command line: ``attractor-jax train | eval | info | demo | data``.
+"""Command line: ``attractor-jax train | eval | generate | info | demo | data``.
 
 Bad input (an unknown preset, a bad value) prints one line ``error: ...`` and exits with status 2.
 """
@@ -87,6 +87,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for depth, r in res["depths"].items():
         extra = f"  f-evals/token {r['solver_iters']:.2f}" if "solver_iters" in r else ""
         print(f"  T={depth:>4s}  loss {r['loss']:.4f}  ppl {r['ppl']:.2f}{extra}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    """Continue a prompt with a run's newest checkpoint, streaming the text (KV caches; see eval/generate.py)."""
+    import jax
+
+    from attractor_jax.eval.generate import generate_text, run_tokenizer
+    from attractor_jax.train.trainer import load_model
+
+    model, run, step = load_model(args.workdir)
+    tokenizer = run_tokenizer(run)
+    print(f"[{run.model.name or type(model).__name__}, step {step}]", file=sys.stderr)
+    generate_text(model, tokenizer, args.prompt, out=sys.stdout, max_new_tokens=args.max_new_tokens,
+                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                  key=jax.random.key(args.seed), max_iter=args.max_iter)
+    sys.stdout.write("\n")
     return 0
 
 
@@ -240,6 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="evaluate on this data instead of the run's validation split")
     ev.add_argument("--batches", type=int, help="validation batches (default: the run's eval_batches)")
     ev.set_defaults(func=_cmd_eval)
+    gen = sub.add_parser("generate", help="continue a prompt with a run's latest checkpoint, streaming the text")
+    gen.add_argument("--workdir", required=True)
+    gen.add_argument("--prompt", required=True, help="text to continue (tokenized with the run's tokenizer)")
+    gen.add_argument("--max-new-tokens", type=int, default=200)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    gen.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    gen.add_argument("--top-p", type=float, help="sample from the smallest set of tokens with this probability")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--max-iter", type=int, help="solver depth (attractor) or recurrence depth (parcae)")
+    gen.set_defaults(func=_cmd_generate)
     info = sub.add_parser("info", help="versions, devices and presets; --preset NAME for a parameter split")
     info.add_argument("--preset", help="print the parameter split and solver settings of this preset")
     info.set_defaults(func=_cmd_info)

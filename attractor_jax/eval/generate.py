@@ -246,3 +246,37 @@ def generate_stream(
         toks, _, tok, done, cache, key = _decode_jit(graphdef, state, tok, done, cache, key, n, opts)
         yield np.asarray(toks)
         left -= n
+
+
+def run_tokenizer(run) -> Any:
+    """The tokenizer a run directory's config names (``data.tokenizer``: byte, SentencePiece or HF JSON)."""
+    from attractor_jax.data import make_tokenizer
+
+    if str(run.data.path).startswith("seqio:"):
+        raise ValueError(f"generate: run data {run.data.path!r} is a seqio task; its vocabulary is not a tokenizer "
+                         "generate can load (use a run trained on text with data.tokenizer)")
+    return make_tokenizer(run.data.tokenizer)
+
+
+def generate_text(model, tokenizer, prompt: str, *, out=None, chunk: int = 8, **kwargs) -> str:
+    """Continue ``prompt`` (one sequence), writing the prompt and then the new text to ``out`` (a text stream,
+    e.g. sys.stdout) as it is produced; returns the new text. Stops at the tokenizer's end-of-text token.
+    ``kwargs`` are `generate_stream`'s (max_new_tokens, temperature, top_k, top_p, key, max_iter, tol)."""
+    ids = tokenizer.encode(prompt) or [tokenizer.eos_id]  # an empty prompt starts a new document
+    new: list[int] = []
+    shown = ""
+    for i, toks in enumerate(generate_stream(model, np.asarray([ids], np.int32), eos_id=tokenizer.eos_id,
+                                             chunk=chunk, **kwargs)):
+        if i == 0 and out is not None:  # the arguments have been checked: echo the prompt
+            out.write(prompt)
+        new.extend(int(t) for t in toks[0] if t != tokenizer.eos_id)
+        text = tokenizer.decode(new).rstrip("\ufffd")  # hold back a multi-byte character cut in half
+        if out is not None and text.startswith(shown) and len(text) > len(shown):
+            out.write(text[len(shown):])
+            out.flush()
+            shown = text
+    text = tokenizer.decode(new)
+    if out is not None:
+        out.write(text[len(shown):] if text.startswith(shown) else "")
+        out.flush()
+    return text
