@@ -123,17 +123,22 @@ def test_sample_logits_against_closed_forms():
 
 
 def test_rows_keep_emitting_eos(gpt):
+    """With an eos id, a row's tokens are those drawn without one (same key) up to its first eos, then eos."""
     prompt = np.arange(2 * PROMPT_LEN, dtype=np.int32).reshape(2, PROMPT_LEN)
-    greedy = _greedy(gpt, prompt)
-    eos = int(greedy[0, PROMPT_LEN + 1])  # row 0 emits it as its second new token
-    out = np.asarray(aj.generate(gpt, prompt, max_new_tokens=NEW, temperature=0.0, key=None, eos_id=eos))
+    kw = dict(max_new_tokens=NEW, temperature=1.0, key=jax.random.key(7))
+    free = np.asarray(aj.generate(gpt, prompt, **kw))
+    row0 = free[0, PROMPT_LEN:]
+    # an eos that row 0 draws at step j and follows with other tokens (so that stopping shows)
+    j = next(j for j in range(NEW - 1) if (row0[j + 1 :] != row0[j]).any())
+    eos = int(row0[j])
+    out = np.asarray(aj.generate(gpt, prompt, eos_id=eos, **kw))
     for row in range(2):
-        new, ref = out[row, PROMPT_LEN:], greedy[row, PROMPT_LEN:]
+        new, ref = out[row, PROMPT_LEN:], free[row, PROMPT_LEN:]
         hits = np.flatnonzero(ref == eos)
         stop = hits[0] if hits.size else NEW
         np.testing.assert_array_equal(new[: stop + 1], ref[: stop + 1])  # identical up to the first eos
         assert (new[stop:] == eos).all()
-    assert (out[0, PROMPT_LEN + 1 :] == eos).all()
+    assert (out[0, PROMPT_LEN + j :] == eos).all() and (free[0, PROMPT_LEN + j :] != eos).any()
 
 
 @pytest.mark.parametrize(
