@@ -2,9 +2,10 @@
 
 The implicit-layer core (`aj.fixed_point`, solvers, backward modes, regularisers) is pure JAX and importable by
 any JAX codebase; models, training and data live in the sub-packages. The model entry points
-(`aj.create_model`, `aj.list_presets`, `aj.describe_preset`, `aj.get_config`) and the checkpoint interop
-(`aj.load_pretrained`, `aj.export_pretrained`: the paper authors' PyTorch format) are loaded on first use, so
-``import attractor_jax`` (and ``attractor_jax.implicit``) does not pull in Flax.
+(`aj.create_model`, `aj.list_presets`, `aj.describe_preset`, `aj.get_config`), the checkpoint interop
+(`aj.load_pretrained`, `aj.export_pretrained`: the paper authors' PyTorch format) and `aj.generate` (text
+generation with KV caches) are loaded on first use, so ``import attractor_jax`` (and ``attractor_jax.implicit``)
+does not pull in Flax.
 """
 
 import importlib
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 
 _LAZY = {name: "attractor_jax.models" for name in ("create_model", "list_presets", "describe_preset", "get_config")}
 _LAZY.update({name: "attractor_jax.interop" for name in ("load_pretrained", "export_pretrained")})
+_LAZY["generate"] = "attractor_jax.eval.generate"
 
 __all__ = [*implicit.__all__, *_LAZY]
 

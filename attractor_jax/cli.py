@@ -1,4 +1,4 @@
-"""Command line: ``attractor-jax train | eval | info | demo | data | import | export``.
+"""Command line: ``attractor-jax train | eval | generate | info | demo | data | import | export``.
 
 Bad input (an unknown preset, a bad value) prints one line ``error: ...`` and exits with status 2.
 """
@@ -142,6 +142,23 @@ def _add_interop_parsers(sub) -> None:
     ex.add_argument("--format", choices=("pt", "safetensors"), default="pt")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     ex.set_defaults(func=_cmd_export)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    """Continue a prompt with a run's newest checkpoint, streaming the text (KV caches; see eval/generate.py)."""
+    import jax
+
+    from attractor_jax.eval.generate import generate_text, run_tokenizer
+    from attractor_jax.train.trainer import load_model
+
+    model, run, step = load_model(args.workdir)
+    tokenizer = run_tokenizer(run)
+    print(f"[{run.model.name or type(model).__name__}, step {step}]", file=sys.stderr)
+    generate_text(model, tokenizer, args.prompt, out=sys.stdout, max_new_tokens=args.max_new_tokens,
+                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                  key=jax.random.key(args.seed), max_iter=args.max_iter)
+    sys.stdout.write("\n")
+    return 0
 
 
 def _csv_list(text: str) -> list[str]:
@@ -301,6 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-docs", type=int, help="score at most this many documents/examples of --data")
     ev.add_argument("--batches", type=int, help="validation batches (default: the run's eval_batches)")
     ev.set_defaults(func=_cmd_eval)
+    gen = sub.add_parser("generate", help="continue a prompt with a run's latest checkpoint, streaming the text")
+    gen.add_argument("--workdir", required=True)
+    gen.add_argument("--prompt", required=True, help="text to continue (tokenized with the run's tokenizer)")
+    gen.add_argument("--max-new-tokens", type=int, default=200)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    gen.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    gen.add_argument("--top-p", type=float, help="sample from the smallest set of tokens with this probability")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--max-iter", type=int, help="solver depth (attractor) or recurrence depth (parcae)")
+    gen.set_defaults(func=_cmd_generate)
     info = sub.add_parser("info", help="versions, devices and presets; --preset NAME for a parameter split")
     info.add_argument("--preset", help="print the parameter split and solver settings of this preset")
     info.set_defaults(func=_cmd_info)

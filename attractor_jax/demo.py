@@ -4,7 +4,8 @@ Needs no download and ships nothing third-party: the corpus is the Python standa
 (every machine running this has them), byte-tokenised. Both models go through the real trainer (sharded step,
 orbax checkpoints, metrics.jsonl) with the same data, steps and optimizer; then the attractor's validation loss
 is measured at solver depths T = 0 (the backbone proposal c decoded directly), 1, 2 and the full solve, next to
-the GPT. A table is printed and a plot saved. Rerunning resumes (and re-evaluates) the finished runs.
+the GPT. A table is printed and a plot saved, and the trained attractor continues a prompt (generation with the
+equilibrium KV cache). Rerunning resumes (and re-evaluates) the finished runs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import sys
 import sysconfig
 import tempfile
 
@@ -70,6 +72,21 @@ def plot(results: dict, out: pathlib.Path) -> pathlib.Path | None:
     return path
 
 
+def print_sample(workdir: pathlib.Path, prompt: str = "def ", max_new_tokens: int = 60, seed: int = 0) -> str:
+    """Print the trained model's continuation of ``prompt`` (sampled at temperature 0.8, top-k 20)."""
+    import jax
+
+    from attractor_jax.eval.generate import generate_text, run_tokenizer
+    from attractor_jax.train.trainer import load_model
+
+    model, run, _ = load_model(workdir)
+    print(f"\nsample from {workdir.name} ({max_new_tokens} tokens, temperature 0.8, top-k 20):\n")
+    text = generate_text(model, run_tokenizer(run), prompt, out=sys.stdout, max_new_tokens=max_new_tokens,
+                         temperature=0.8, top_k=20, key=jax.random.key(seed))
+    print("\n")
+    return text
+
+
 def run_demo(steps: int = 400, seed: int = 0, out: str = "runs/demo", batch_size: int = 8,
              seq_len: int = 128) -> dict:
     if steps < 1:
@@ -100,6 +117,7 @@ def run_demo(steps: int = 400, seed: int = 0, out: str = "runs/demo", batch_size
           + f" {att['full'].get('solver_iters', float('nan')):14.2f}")
     gpt = results["gpt-tiny"]["eval"]["full"]["loss"]
     print(f"  {'gpt-tiny':16s} {'':>8s} {'':>8s} {'':>8s} {gpt:8.4f}")
+    print_sample(out_dir / "attractor-tiny", seed=seed)
     png = plot(results, out_dir)
     summary = {k: {"eval": v["eval"]} for k, v in results.items()}
     (out_dir / "demo.json").write_text(json.dumps(summary, indent=2))

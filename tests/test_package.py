@@ -17,6 +17,6 @@ def test_implicit_core_imports_only_jax():
 def test_top_level_api_names():
     for name in ("fixed_point", "Anderson", "Picard", "Broyden", "IFT", "Neumann", "Phantom", "Unrolled",
                  "jacobian_penalty", "spectral_radius", "adjoint_probe", "adjoint_stats", "Solution", "SolverStats",
-                 "create_model", "list_presets", "describe_preset"):
+                 "create_model", "list_presets", "describe_preset", "generate"):
         assert hasattr(aj, name), name
     assert "attractor-tiny" in aj.list_presets()

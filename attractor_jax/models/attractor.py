@@ -28,6 +28,10 @@ Ablation variants (``AttractorConfig.injection`` / ``solve_init``; paper Tables 
 
 ``max_iter=0`` decodes c for every variant (the T = 0 readout of the backbone).
 
+Generation uses an *equilibrium KV cache* (``init_cache`` / ``extend``): because the solve is exactly causal, the
+head's keys/values at a past token's converged state stay valid when tokens are appended, so each new token
+solves only its own fixed point against the cached prefix.
+
 Parameter paths: ``embed``, ``backbone[i]``, ``head.blocks[i]`` (with ``gate_attn``/``gate_mlp``),
 ``final_norm``.
 """
@@ -41,7 +45,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attractor_jax import implicit
-from attractor_jax.models.common import embed_tokens, make_embed, tied_logits
+from attractor_jax.models.common import (
+    embed_tokens,
+    init_block_caches,
+    make_embed,
+    run_blocks_cached,
+    tied_logits,
+)
 from attractor_jax.models.config import AttractorConfig
 from attractor_jax.nn import Block, Linear, RMSNorm
 
@@ -95,16 +105,32 @@ class AttractorHead(nnx.Module):
             h_BTD = blk(h_BTD, positions_BT=positions_BT)
         return h_BTD
 
+    def extend(self, h_BTD: jax.Array, caches: list) -> tuple[jax.Array, list]:
+        """H over new tokens whose attention reads the cached keys/values of earlier tokens (and their own)."""
+        return run_blocks_cached(self.blocks, h_BTD, caches)
+
+    def input(self, y: jax.Array, c: jax.Array, injection: str) -> jax.Array:
+        """What H is applied to: y + c (additive), y (init_only) or [y; c] W (concat)."""
+        if injection == "init_only":
+            return y
+        if injection == "concat":
+            return self.inject(jnp.concatenate([y, c], axis=-1))
+        return y + c
+
 
 def _head_map(graphdef, y, c, head_state, positions, injection: str = "additive"):
     """f(y, c) with the head rebuilt from its (traced) state: H(y + c) − y (additive), H(y) (init_only) or
     H([y; c] W) − y (concat)."""
     head = nnx.merge(graphdef, head_state)
-    if injection == "init_only":
-        return head(y, positions)
-    if injection == "concat":
-        return head(head.inject(jnp.concatenate([y, c], axis=-1)), positions) - y
-    return head(y + c, positions) - y
+    out = head(head.input(y, c, injection), positions)
+    return out if injection == "init_only" else out - y
+
+
+def _head_map_cached(graphdef, y, c, head_state, caches, injection: str = "additive"):
+    """f(y, c) for new tokens against cached prefix keys/values; the caches are read, never extended here."""
+    head = nnx.merge(graphdef, head_state)
+    out, _ = head.extend(head.input(y, c, injection), caches)
+    return out if injection == "init_only" else out - y
 
 
 class AttractorLM(nnx.Module):
@@ -137,16 +163,19 @@ class AttractorLM(nnx.Module):
     ) -> implicit.Solution:
         """Find y* = f(y*, c). Statistics are per token, ``[B, T]``. ``key`` draws the ``noise`` initial
         iterate (a fixed key when None); the other variants ignore it."""
-        cfg = self.config
-        solver, backward = solver_and_backward(cfg, max_iter, tol)
         graphdef, head_state = nnx.split(self.head)
         pos = None if positions_BT is None else positions_BT.astype(jnp.float32)
-
-        injection = cfg.injection
+        injection = self.config.injection
 
         def f(y, c, state, pos):
             return _head_map(graphdef, y, c, state, pos, injection)
 
+        return self._solve(f, c_BTD, (head_state, pos), max_iter, tol, key=key)
+
+    def _solve(self, f, c_BTD, args, max_iter, tol, *, key=None, noise_BTD=None) -> implicit.Solution:
+        """Run ``fixed_point(f, y0, c, *args)`` with the configured solver, initial iterate and mixing."""
+        cfg = self.config
+        solver, backward = solver_and_backward(cfg, max_iter, tol)
         # As in the reference, the iteration starts from a detached c; with max_iter=0 the solution *is* y0, the
         # identity of c, which must keep its gradient.
         if solver.max_iter == 0:
@@ -154,17 +183,19 @@ class AttractorLM(nnx.Module):
         elif cfg.solve_init == "zero":
             y0 = jnp.zeros_like(c_BTD)
         elif cfg.solve_init == "noise":
-            k = jax.random.key(0) if key is None else key
-            y0 = cfg.std * jax.random.normal(k, c_BTD.shape, c_BTD.dtype)
+            if noise_BTD is None:
+                k = jax.random.key(0) if key is None else key
+                noise_BTD = jax.random.normal(k, c_BTD.shape, c_BTD.dtype)
+            y0 = cfg.std * noise_BTD
         else:
             y0 = jax.lax.stop_gradient(c_BTD)
         if cfg.solve_mixing == "sequence":
-            sol = implicit.fixed_point(f, y0, c_BTD, head_state, pos, solver=solver, backward=backward, batch_axis=0)
+            sol = implicit.fixed_point(f, y0, c_BTD, *args, solver=solver, backward=backward, batch_axis=0)
             t = c_BTD.shape[1]  # one statistic per sequence, reported on each of its tokens
             return implicit.Solution(sol.value, jax.tree_util.tree_map(
                 lambda a: jnp.broadcast_to(a[:, None], a.shape + (t,)), sol.stats))
         return implicit.fixed_point(
-            f, y0, c_BTD, head_state, pos, solver=solver, backward=backward, batch_axis=0, causal_axis=1
+            f, y0, c_BTD, *args, solver=solver, backward=backward, batch_axis=0, causal_axis=1
         )
 
     def gates(self) -> dict[str, jax.Array]:
@@ -220,3 +251,56 @@ class AttractorLM(nnx.Module):
             **self.gates(),
         }
         return logits, aux
+
+    def init_cache(self, batch: int, max_len: int, max_iter: int | None = None) -> dict:
+        """An empty cache for ``batch`` sequences of up to ``max_len`` tokens: keys/values of every backbone
+        block and of every head block (``max_iter`` is ignored: the head cache holds converged states)."""
+        cfg = self.config
+        cache = {
+            "index": jnp.zeros((), jnp.int32),
+            "backbone": init_block_caches(cfg, cfg.n_backbone_layers, batch, max_len),
+            "head": init_block_caches(cfg, cfg.n_fp_blocks, batch, max_len),
+        }
+        if cfg.solve_init == "noise":  # drawn once, as the uncached forward draws it (same key, prefix-consistent)
+            cache["noise"] = jax.random.normal(jax.random.key(0), (batch, max_len, cfg.d_model), jnp.float32)
+        return cache
+
+    def extend(
+        self,
+        tokens_BT: jax.Array,
+        cache: dict,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        *,
+        last_only: bool = False,
+    ) -> tuple[jax.Array, dict, dict]:
+        """Append tokens with the equilibrium KV cache: ``(logits [B, T, V] (or [B, 1, V]), new cache, aux)``.
+
+        The backbone runs incrementally. The head's fixed point is solved for the new tokens only, their
+        attention reading the cached keys/values of every earlier token *at its converged state*: the solve is
+        exactly causal, so an earlier token's y* does not change when tokens are appended. Same solver,
+        tolerance, mixing and per-token statistics as the uncached forward; then one more head pass at y*
+        appends the new tokens' converged keys/values. aux: ``iterations``, ``residual``, ``converged``,
+        ``diverged`` (per new token, ``[B, T]``).
+        """
+        cfg = self.config
+        t = tokens_BT.shape[1]
+        x = embed_tokens(cfg, self.embed, tokens_BT)
+        c, backbone = run_blocks_cached(self.backbone, x, cache["backbone"])
+        graphdef, head_state = nnx.split(self.head)
+        injection = cfg.injection
+
+        def f(y, c, state, caches):
+            return _head_map_cached(graphdef, y, c, state, caches, injection)
+
+        noise = cache.get("noise")
+        if noise is not None:
+            noise = jax.lax.dynamic_slice_in_dim(noise, cache["index"], t, axis=1)
+        sol = self._solve(f, c, (head_state, cache["head"]), max_iter, tol, noise_BTD=noise)
+        y = sol.value
+        _, head = self.head.extend(self.head.input(y, c, injection), cache["head"])
+        new = {**cache, "index": cache["index"] + t, "backbone": backbone, "head": head}
+        st = sol.stats
+        aux = {"iterations": st.iterations, "residual": st.residual, "converged": st.converged,
+               "diverged": st.diverged}
+        return self.decode(y[:, -1:] if last_only else y), new, aux

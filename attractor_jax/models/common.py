@@ -8,6 +8,7 @@ from flax import nnx
 
 from attractor_jax.models.config import LMConfig
 from attractor_jax.nn import Embed, matrix_init, normal_init
+from attractor_jax.nn.attention import KVCache
 
 
 def has_ve(layer_idx: int, n_layers: int) -> bool:
@@ -59,3 +60,24 @@ def tied_logits(cfg: LMConfig, embed: Embed, h_BTD: jax.Array) -> jax.Array:
 def embed_tokens(cfg: LMConfig, embed: Embed, tokens_BT: jax.Array) -> jax.Array:
     x = embed(tokens_BT)
     return x * cfg.embed_scale if cfg.embed_scale != 1.0 else x
+
+
+def init_block_caches(cfg: LMConfig, n_blocks: int, batch: int, max_len: int) -> list[KVCache]:
+    """Empty key/value caches ``[batch, max_len, K, H]`` (compute dtype) for ``n_blocks`` attention blocks."""
+    bc = cfg.block_config()
+    return [
+        KVCache.init(batch, max_len, bc.num_kv_heads, bc.dim_head, bc.compute_dtype) for _ in range(n_blocks)
+    ]
+
+
+def run_blocks_cached(
+    blocks, x_BTD: jax.Array, caches: list[KVCache], ves: list[jax.Array | None] | None = None
+) -> tuple[jax.Array, list[KVCache]]:
+    """Apply ``blocks`` in order to new tokens, each reading and extending its own cache (RoPE positions and
+    the causal mask come from the cache's fill index). Returns the stream and the extended caches."""
+    new = []
+    for i, (blk, kv) in enumerate(zip(blocks, caches)):
+        x_BTD, kv = blk(x_BTD, ve_BTF=None if ves is None else ves[i], cache=kv)
+        new.append(kv)
+    return x_BTD, new
+

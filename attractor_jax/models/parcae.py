@@ -11,6 +11,13 @@ backprop); samples with fewer steps are masked (the batch runs max n no-grad ste
 masked grad steps). Without a key (evaluation) the depth is fixed: ``max_iter`` or ``mean_recurrence``, the
 initial state drawn from a fixed key, so evaluation is deterministic.
 
+Cached generation (``init_cache`` / ``extend``): the prelude and coda blocks have one key/value cache each, and
+every core block one per recurrence step (its keys differ from step to step), stacked ``[depth, ...]`` and
+scanned with the recurrence. The evaluation initial state is drawn once for the whole cache, ``[B, max_len, d]``,
+from the same fixed key; with batch 1 that equals the uncached forward's draw at any length (counter-based
+draws are prefix-consistent along the flattened array), so cached logits match it exactly; with a larger batch
+they match the uncached forward only for ``state_init="zero"``.
+
 Parameter paths: ``embed``, ``prelude[i]``, ``prelude_norm``, ``core.injection.{A_log, dt_bias, B}``,
 ``core.blocks[i]``, ``C``, ``coda[i]``, ``value_embeds['i']``, ``final_norm``.
 """
@@ -27,7 +34,9 @@ from attractor_jax.models.common import (
     embed_tokens,
     lookup_value_embeds,
     make_embed,
+    init_block_caches,
     make_value_embeds,
+    run_blocks_cached,
     tied_logits,
 )
 from attractor_jax.models.config import ParcaeConfig
@@ -88,6 +97,10 @@ class ParcaeCore(nnx.Module):
         for blk, ve in zip(self.blocks, ves):
             x = blk(x, positions_BT=positions_BT, ve_BTF=ve)
         return x
+
+    def extend(self, x_BTD, e_BTD, ves, caches):
+        """One recurrence step over new tokens, reading and extending this step's caches."""
+        return run_blocks_cached(self.blocks, self.injection(x_BTD, e_BTD), caches, ves)
 
 
 def sample_depths(key: jax.Array, batch: int, config: ParcaeConfig) -> tuple[jax.Array, jax.Array]:
@@ -198,3 +211,61 @@ class Parcae(nnx.Module):
             x = blk(x, positions_BT=positions_BT, ve_BTF=ve)
         logits = tied_logits(cfg, self.embed, self.final_norm(x))
         return logits, {"depth": n_B + k_B, "backprop_depth": k_B}
+
+    def init_cache(self, batch: int, max_len: int, max_iter: int | None = None) -> dict:
+        """An empty cache for ``batch`` sequences of up to ``max_len`` tokens at recurrence depth ``max_iter``
+        (default ``mean_recurrence``); the depth is fixed by the cache's core entries."""
+        cfg = self.config
+        depth = cfg.mean_recurrence if max_iter is None else int(max_iter)
+        if depth < 0:
+            raise ValueError(f"Parcae: max_iter={max_iter!r} must be >= 0")
+
+        def stacked(kv):
+            return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (depth,) + a.shape), kv)
+
+        return {
+            "index": jnp.zeros((), jnp.int32),
+            "prelude": init_block_caches(cfg, cfg.n_prelude, batch, max_len),
+            "core": [stacked(kv) for kv in init_block_caches(cfg, cfg.n_core, batch, max_len)],
+            "coda": init_block_caches(cfg, cfg.n_coda, batch, max_len),
+            "state0": self.initial_state(jax.random.key(EVAL_STATE_SEED), (batch, max_len, cfg.d_model)),
+        }
+
+    def extend(
+        self,
+        tokens_BT: jax.Array,
+        cache: dict,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        *,
+        last_only: bool = False,
+    ) -> tuple[jax.Array, dict, dict]:
+        """Append tokens to the cache at the cache's recurrence depth (evaluation mode): ``(logits [B, T, V]
+        (or [B, 1, V] with last_only), new cache, aux)``, aux ``depth`` (int32 [B]). ``max_iter``, if given,
+        must equal that depth; ``tol`` is ignored."""
+        cfg = self.config
+        depth = cache["core"][0].index.shape[0]
+        if max_iter is not None and int(max_iter) != depth:
+            raise ValueError(f"Parcae.extend: max_iter={max_iter!r} differs from the cache's depth {depth}")
+        b, t = tokens_BT.shape
+        p, c = cfg.n_prelude, cfg.n_core
+        ves = lookup_value_embeds(self.value_embeds, tokens_BT, p + c + cfg.n_coda)
+        e = embed_tokens(cfg, self.embed, tokens_BT)
+        e, prelude = run_blocks_cached(self.prelude, e, cache["prelude"], ves[:p])
+        if self.prelude_norm is not None:
+            e = self.prelude_norm(e)
+        x0 = jax.lax.dynamic_slice_in_dim(cache["state0"], cache["index"], t, axis=1)
+        graphdef, core_state = nnx.split(self.core)
+
+        def step(x, kv):
+            return nnx.merge(graphdef, core_state).extend(x, e, ves[p : p + c], kv)
+
+        x, core = jax.lax.scan(step, x0, cache["core"])
+        x = self.C(x).astype(jnp.float32)
+        x, coda = run_blocks_cached(self.coda, x, cache["coda"], ves[p + c :])
+        if last_only:
+            x = x[:, -1:]
+        logits = tied_logits(cfg, self.embed, self.final_norm(x))
+        new = {"index": cache["index"] + t, "prelude": prelude, "core": core, "coda": coda,
+               "state0": cache["state0"]}
+        return logits, new, {"depth": jnp.full((b,), depth, jnp.int32)}
