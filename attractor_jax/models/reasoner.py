@@ -57,7 +57,7 @@ from flax import nnx
 from attractor_jax import implicit
 from attractor_jax.models.attractor import solver_and_backward
 from attractor_jax.models.config import TRMConfig
-from attractor_jax.nn import Embed, Linear
+from attractor_jax.nn import Embed, Linear, shard_batch
 from attractor_jax.nn.attention import dot_product_attention
 from attractor_jax.nn.init import constant_init, param, zeros_init
 
@@ -196,12 +196,13 @@ class TRMBlock(nnx.Module):
                           out_scale=cfg.out_init_scale)
 
     def __call__(self, h_BTD: jax.Array, cos_sin) -> jax.Array:
+        h_BTD = shard_batch(h_BTD)  # batch-sharded under a training mesh (nn.shard_batch)
         if self.mlp_t is not None:
             h_BDT = jnp.swapaxes(h_BTD, 1, 2)
             h_BTD = jnp.swapaxes(rms_norm(h_BDT + self.mlp_t(h_BDT).astype(jnp.float32), self.eps), 1, 2)
         else:
             h_BTD = rms_norm(h_BTD + self.attn(h_BTD, cos_sin).astype(jnp.float32), self.eps)
-        return rms_norm(h_BTD + self.mlp(h_BTD).astype(jnp.float32), self.eps)
+        return shard_batch(rms_norm(h_BTD + self.mlp(h_BTD).astype(jnp.float32), self.eps))
 
 
 class ReasoningModule(nnx.Module):

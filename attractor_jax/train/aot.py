@@ -348,6 +348,8 @@ def compile_train_step(run, topology: Topology | str, *, devices: Sequence | Non
     t1 = time.perf_counter()
     report = _header(run, task, topo, sizes, devices, t1 - t0)
     report["notes"] = _replication_notes(report, sizes)
+    # batch-sharding constraints on activations (nn.shard_batch) that reached the program
+    report["activation_constraints"] = lowered.as_text().count("sharding_constraint")
     try:
         compiled = lowered.compile()
     except Exception as exc:  # noqa: BLE001 - out of HBM is an answer, anything else is re-raised

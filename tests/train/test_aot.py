@@ -161,6 +161,7 @@ def test_compile_lm_fsdp_tp_on_v5e_2x2(tmp_path, capsys):
     assert "fits" in printed and "collectives per step" in printed
     r = json.loads(out.read_text())
     assert r["preset"] == "attractor-tiny" and r["kind"] == "lm" and r["tokens_per_step"] == 8 * 64
+    assert r["activation_constraints"] > 0  # block inputs/outputs pinned to the batch sharding (fsdp=2)
     _check_sharded_fit(r)
 
 
@@ -173,6 +174,7 @@ def test_compile_reasoner_fsdp_tp():
     assert {"ema", "carry"} <= set(r["state_per_chip"])
     # the carry's rows are split over the data-parallel chips (fsdp=2)
     assert r["state_per_chip"]["carry"] * 2 == r["state_total"]["carry"]
+    assert r["activation_constraints"] > 0
     _check_sharded_fit(r)
 
 
