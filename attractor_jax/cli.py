@@ -45,9 +45,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.preset:
         run = RunConfig.for_model(get_config(args.preset))
     else:  # continue (or fine-tune an imported model in) the run that --workdir holds
-        from attractor_jax.train.rundir import RunDirectory
+        from attractor_jax.train.trainer import read_run
 
-        run = RunConfig.from_dict(RunDirectory(args.workdir).read_config())
+        run = read_run(args.workdir)
     run = dataclasses.replace(run, data=dataclasses.replace(run.data, path=args.data))
     changes = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("mesh", args.mesh),
                                  ("log_every", args.log_every)) if v is not None}

@@ -78,6 +78,7 @@ __all__ = [
     "check_val_options",
     "iter_documents",
     "iter_file_documents",
+    "jsonl_field",
     "keyed_documents",
     "make_text_pipeline",
     "resolve_text_files",
@@ -172,6 +173,22 @@ def _open_text(path: pathlib.Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", errors="replace")
 
 
+def jsonl_field(path: pathlib.Path, field: str) -> Iterator[tuple[int, Any]]:
+    """``(line number, value of field)`` of each non-blank line of a (possibly gzipped) jsonl file; ValueError
+    naming the line for one that is not a JSON object holding ``field``."""
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not a JSON object ({e.msg})") from None
+            if not isinstance(obj, dict) or field not in obj:
+                raise ValueError(f"{path}:{lineno}: expected a JSON object with a string field '{field}'")
+            yield lineno, obj[field]
+
+
 def iter_file_documents(path: pathlib.Path, text_field: str, doc_separator: str | None) -> Iterator[str]:
     """Documents of one text file (a supported suffix), in file order; empty documents are dropped."""
     suf = _suffix(path.name)
@@ -179,27 +196,13 @@ def iter_file_documents(path: pathlib.Path, text_field: str, doc_separator: str 
         with _open_text(path) as f:
             yield from _split_text(f.read(), doc_separator)
     elif suf in (".jsonl", ".jsonl.gz"):
-        with _open_text(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not a JSON object ({e.msg})") from None
-                if not isinstance(obj, dict) or text_field not in obj:
-                    raise ValueError(
-                        f"{path}:{lineno}: expected a JSON object with a string field '{text_field}'"
-                    )
-                text = obj[text_field]
-                if text is None:
-                    continue
-                if not isinstance(text, str):
-                    raise ValueError(
-                        f"{path}:{lineno}: field '{text_field}' is {type(text).__name__}, expected a string"
-                    )
-                if text.strip():
-                    yield text
+        for lineno, text in jsonl_field(path, text_field):
+            if text is None:
+                continue
+            if not isinstance(text, str):
+                raise ValueError(f"{path}:{lineno}: field '{text_field}' is {type(text).__name__}, expected a string")
+            if text.strip():
+                yield text
     elif suf == ".parquet":
         pq = import_optional("pyarrow.parquet", f"reading '{path}' needs the 'pyarrow' package (pip install "
                              "pyarrow, or attractor_jax[text])")

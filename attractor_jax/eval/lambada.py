@@ -25,7 +25,6 @@ word's bytes only (the brief's definition), so its numbers are not those of lm-e
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import re
@@ -35,9 +34,10 @@ import numpy as np
 from flax import nnx
 
 from attractor_jax.progress import Progress
+from attractor_jax.data.text import jsonl_field
 from attractor_jax.data.tokenizers import Tokenizer
-from attractor_jax.eval.perplexity import depth_label, pack_rows, token_scorer
-from attractor_jax.models.registry import check_depths
+from attractor_jax.eval.perplexity import pack_rows, token_scorer
+from attractor_jax.models.registry import check_depths, depth_label
 
 __all__ = ["lambada", "read_lambada", "split_last_word", "target_split"]
 
@@ -51,18 +51,11 @@ def read_lambada(path: str | pathlib.Path) -> list[str]:
     if not p.is_file():
         raise FileNotFoundError(f"LAMBADA file {str(p)!r} does not exist (expected a .jsonl of {{\"text\": ...}})")
     texts = []
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}:{lineno}: not a JSON object ({e.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise ValueError(f"{p}:{lineno}: expected a JSON object with a string field 'text'")
-            split_last_word(obj["text"], where=f"{p}:{lineno}")
-            texts.append(obj["text"])
+    for lineno, text in jsonl_field(p, "text"):
+        if not isinstance(text, str):
+            raise ValueError(f"{p}:{lineno}: expected a JSON object with a string field 'text'")
+        split_last_word(text, where=f"{p}:{lineno}")
+        texts.append(text)
     if not texts:
         raise ValueError(f"LAMBADA file {str(p)!r} has no examples")
     return texts

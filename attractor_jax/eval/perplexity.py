@@ -32,15 +32,11 @@ from flax import nnx
 from attractor_jax.progress import Progress
 from attractor_jax.data.text import iter_documents
 from attractor_jax.data.tokenizers import Tokenizer
-from attractor_jax.models.registry import check_depths
+from attractor_jax.models.registry import check_depths, depth_label
 
-__all__ = ["depth_label", "document_windows", "pack_rows", "perplexity", "token_scorer"]
+__all__ = ["document_windows", "pack_rows", "perplexity", "token_scorer"]
 
 Scorer = Callable[[np.ndarray, np.ndarray, "int | None"], dict[str, np.ndarray]]
-
-
-def depth_label(depth: int | None) -> str:
-    return "full" if depth is None else str(depth)
 
 
 def _f_evals(aux: dict, shape: tuple[int, int]) -> jax.Array | None:

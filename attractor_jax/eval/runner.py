@@ -15,16 +15,11 @@ __all__ = ["TASKS", "evaluate_text", "format_table", "is_lm_run", "summary"]
 TASKS = ("perplexity", "lambada")
 
 
-def _run_config(workdir: str | os.PathLike):
-    from attractor_jax.train.config import RunConfig
-    from attractor_jax.train.rundir import RunDirectory
-
-    return RunConfig.from_dict(RunDirectory(pathlib.Path(workdir)).read_config())
-
-
 def is_lm_run(workdir: str | os.PathLike) -> bool:
     """Whether the run in ``workdir`` is a language model (not a puzzle reasoner)."""
-    return not is_reasoner(_run_config(workdir).model)
+    from attractor_jax.train.trainer import read_run
+
+    return not is_reasoner(read_run(workdir).model)
 
 
 def result_name(task: str, data: str) -> str:
@@ -48,12 +43,12 @@ def evaluate_text(workdir: str | os.PathLike, data: str, *, task: str = "perplex
     from attractor_jax.eval.lambada import lambada, read_lambada
     from attractor_jax.eval.perplexity import perplexity
     from attractor_jax.train.rundir import write_json_atomic
-    from attractor_jax.train.trainer import load_model
+    from attractor_jax.train.trainer import load_model, read_run
 
     if task not in TASKS:
         raise ValueError(f"--task {task!r} is unknown: expected one of {', '.join(TASKS)}")
     wd = pathlib.Path(workdir)
-    run = _run_config(wd)
+    run = read_run(wd)
     if is_reasoner(run.model):
         raise ValueError(f"workdir {str(wd)!r} holds a puzzle reasoner ({type(run.model).__name__}): --task {task} "
                          "needs a language model")

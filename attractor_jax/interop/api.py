@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any
 
 import jax
@@ -23,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
+from attractor_jax.data.puzzles.common import atomic_path
 from attractor_jax.interop import reference as ref_mod
 from attractor_jax.interop.safetensors import load_safetensors, save_safetensors
 from attractor_jax.interop.torch_format import load_state_dict, save_state_dict
@@ -182,20 +181,13 @@ def export_pretrained(model_or_workdir: Any, out_dir: str | os.PathLike, *, form
     ref = ref_mod.config_to_reference(model.config, base_config or base)
     tensors, shared = reference_state_dict(model)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_path(out, directory=True, overwrite=overwrite) as tmp:
         (tmp / "config.json").write_text(json.dumps(ref, indent=2))
         if format == "pt":
             save_state_dict(tensors, tmp / "model.pt", shared=shared)
         else:
             save_safetensors({k: v for k, v in tensors.items() if k not in shared}, tmp / "model.safetensors",
                              metadata={"format": "pt"})
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -6,14 +6,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attractor_jax.models.config import LMConfig
+from attractor_jax.models.config import LMConfig, has_ve
 from attractor_jax.nn import Embed, matrix_init, normal_init
 from attractor_jax.nn.attention import KVCache
-
-
-def has_ve(layer_idx: int, n_layers: int) -> bool:
-    """Reference ``has_ve``: value embeddings on alternating layers, the last layer always included."""
-    return layer_idx % 2 == (n_layers - 1) % 2
 
 
 def make_embed(cfg: LMConfig, rngs: nnx.Rngs) -> Embed:
@@ -80,4 +75,3 @@ def run_blocks_cached(
         x_BTD, kv = blk(x_BTD, ve_BTF=None if ves is None else ves[i], cache=kv)
         new.append(kv)
     return x_BTD, new
-

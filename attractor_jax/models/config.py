@@ -21,6 +21,11 @@ from attractor_jax.nn.config import ATTENTION_IMPLS, DTYPES, MLP_TYPES, BlockCon
 MIXINGS = ("token", "sequence")
 
 
+def has_ve(layer_idx: int, n_layers: int) -> bool:
+    """Reference ``has_ve``: value embeddings on alternating layers, the last layer always included."""
+    return layer_idx % 2 == (n_layers - 1) % 2
+
+
 def _check_choice(owner: str, field: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{owner}.{field}={value!r} is not valid; expected one of {choices}")
@@ -186,7 +191,7 @@ class ParcaeConfig(LMConfig):
             return False
         if self.ve_layers is not None:
             return layer in self.ve_layers
-        return layer % 2 == (self.n_prelude + self.n_core + self.n_coda - 1) % 2
+        return has_ve(layer, self.n_prelude + self.n_core + self.n_coda)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,6 +50,11 @@ def has_depth(cfg: Any) -> bool:
     return isinstance(cfg, (AttractorConfig, ParcaeConfig))
 
 
+def depth_label(depth: int | None) -> str:
+    """How a depth is named in results and tables: ``"full"`` for None (the configured solve), else the int."""
+    return "full" if depth is None else str(depth)
+
+
 def check_depths(cfg: Any, depths: Any) -> list[int | None]:
     """The evaluation depths of a language model as a list (None = the full solve / ``mean_recurrence``);
     ValueError for an empty list, a negative or non-int depth, or any finite depth of a model without a solver
@@ -61,7 +66,7 @@ def check_depths(cfg: Any, depths: Any) -> list[int | None]:
     if bad:
         raise ValueError(f"max_iter {bad[0]!r} is invalid: expected a non-negative int or 'full'")
     if not has_depth(cfg) and any(d is not None for d in depths):
-        given = ",".join("full" if d is None else str(d) for d in depths)
+        given = ",".join(depth_label(d) for d in depths)
         raise ValueError(f"--max-iter {given}: a {getattr(cfg, 'arch', type(cfg).__name__)} model has no solver "
                          "or recurrence, so its only depth is 'full' (omit --max-iter)")
     return depths

@@ -38,7 +38,8 @@ from attractor_jax.train.tasks import Task, make_task
 from attractor_jax.train.tasks.lm import TrainState, cross_entropy, data_pipelines, make_steps, setup
 
 __all__ = ["DataConfig", "RunConfig", "TrainConfig", "TrainState", "apply_sets", "cross_entropy",
-           "data_pipelines", "evaluate", "load_model", "make_steps", "restore_state", "setup", "train"]
+           "data_pipelines", "evaluate", "load_model", "make_steps", "read_run", "restore_state", "setup",
+           "train"]
 
 
 def restore_or_init(ckpt: Checkpointer, task: Task, data_iter: Any, workdir: pathlib.Path) -> tuple[int, Any]:
@@ -150,12 +151,17 @@ def _loop(task: Task, step_fn, wd: pathlib.Path, stop_after: int | None, on_log)
     return summary
 
 
+def read_run(workdir: str | os.PathLike) -> RunConfig:
+    """The `RunConfig` recorded in a run directory's ``config.json``."""
+    return RunConfig.from_dict(RunDirectory(pathlib.Path(workdir)).read_config())
+
+
 def restore_state(workdir: str | os.PathLike, task: Task | None = None) -> tuple[Task, int, Any]:
     """``(task, step, state)`` of the newest intact checkpoint in a run directory (``task`` defaults to the
     one the run's own config.json describes)."""
     wd = pathlib.Path(workdir)
     if task is None:
-        task = make_task(RunConfig.from_dict(RunDirectory(wd).read_config()), validate=False)
+        task = make_task(read_run(wd), validate=False)
     ckpt = Checkpointer(wd, keep=task.run.train.keep)
     try:
         restored = ckpt.restore(task.abstract_sharded_state(), None)
@@ -182,7 +188,7 @@ def evaluate(workdir: str | os.PathLike, depths: list[int | None] | None = None,
     the run's ``eval_depths`` and the full solve) on the run's validation/test data or on ``data_path``; writes
     and returns ``eval.json``. Language models report the loss, puzzle reasoners accuracies (see the tasks)."""
     wd = pathlib.Path(workdir)
-    run = RunConfig.from_dict(RunDirectory(wd).read_config())
+    run = read_run(wd)
     if data_path is not None:
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, path=data_path))
     if depths is not None and not is_reasoner(run.model):

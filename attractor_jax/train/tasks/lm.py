@@ -17,6 +17,7 @@ from flax import nnx
 from attractor_jax.implicit import SolverStats
 from attractor_jax.models import build_model, get_config, param_counts
 from attractor_jax.models.config import LMConfig
+from attractor_jax.models.registry import depth_label, has_depth
 from attractor_jax.train import sharding as shd
 from attractor_jax.train.config import RunConfig
 from attractor_jax.train.metrics import backward_vjps, flops_per_token, peak_flops
@@ -258,8 +259,7 @@ class LMTask(Task):
             f"  iters {row['solver_iters']:.1f}" if "solver_iters" in row else "")
 
     def _depths(self) -> list[int | None]:
-        solved = getattr(self.model_config, "solver", None) or hasattr(self.model_config, "mean_recurrence")
-        return [*self.run.train.eval_depths, None] if solved else [None]
+        return [*self.run.train.eval_depths, None] if has_depth(self.model_config) else [None]
 
     def _losses(self, params, batches, depths) -> dict:
         out = {}
@@ -269,7 +269,7 @@ class LMTask(Task):
             r["ppl"] = float(math.exp(min(r["loss"], 50.0)))
             if "solver_iters" in rows[0]:
                 r["solver_iters"] = float(np.mean([x["solver_iters"] for x in rows]))
-            out["full" if depth is None else str(depth)] = r
+            out[depth_label(depth)] = r
         return out
 
     def periodic_eval(self, state) -> dict:

@@ -38,6 +38,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from attractor_jax.models import build_model, get_config
+from attractor_jax.models.registry import depth_label
 from attractor_jax.models.reasoner_losses import SUMMED_METRICS, summarize_act_metrics
 from attractor_jax.train import sharding as shd
 from attractor_jax.train.optim import make_optimizer
@@ -182,7 +183,7 @@ class PuzzleTask(Task):
         out = {}
         for depth in depths:
             rows = [jax.device_get(self._eval(params, buffers, b, depth)) for b in batches]
-            out["full" if depth is None else str(depth)] = summarize_eval(rows, self.solves_per_row())
+            out[depth_label(depth)] = summarize_eval(rows, self.solves_per_row())
         return out
 
     def periodic_eval(self, state) -> dict:
