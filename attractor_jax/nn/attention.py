@@ -5,8 +5,8 @@ Order of operations (reference ``CausalSelfAttention``): q, k, v projections →
 head_dim (no parameters, eps = machine eps of the compute dtype) → softmax attention with scale
 1/sqrt(head_dim) → output projection.
 
-Attention runs through ``jax.nn.dot_product_attention`` (``implementation`` None/"xla"/"cudnn") or the Pallas
-TPU splash kernel. A ``KVCache`` argument turns a call into an incremental step: the new keys/values are
+Attention runs through `einsum_attention` (the default on CPUs), ``jax.nn.dot_product_attention``
+(``implementation`` "xla"/"cudnn", the default elsewhere) or the Pallas TPU splash kernel. A ``KVCache`` argument turns a call into an incremental step: the new keys/values are
 written at ``cache.index`` and the queries attend to every filled position up to their own (decode / chunked
 prefill).
 """
@@ -63,13 +63,22 @@ def dot_product_attention(
     implementation: str | None = None,
     mask: jax.Array | None = None,
 ) -> jax.Array:
-    """Softmax attention with scale 1/sqrt(H); K may divide N (grouped KV heads). Returns ``[B, T, N, H]``."""
+    """Softmax attention with scale 1/sqrt(H); K may divide N (grouped KV heads). Returns ``[B, T, N, H]``.
+
+    ``implementation``: ``"einsum"`` is `einsum_attention`; ``"xla"``/``"cudnn"`` go to
+    ``jax.nn.dot_product_attention``; ``"splash"`` to the Pallas TPU kernel; ``None`` picks ``"einsum"`` on a
+    CPU and lets ``jax.nn.dot_product_attention`` choose on GPUs and TPUs (cuDNN where it applies). The platform
+    is the ambient mesh's (so ahead-of-time compilation for a TPU from a CPU host traces the TPU path), else the
+    default backend's.
+    """
     if implementation == "splash":
         if mask is not None:
             raise ValueError(
                 "attention_impl='splash' does not support an explicit mask (KV-cache steps); use 'xla'"
             )
         return _splash_attention(q_BTNH, k_BSKH, v_BSKH, causal=causal)
+    if implementation == "einsum" or (implementation is None and _platform() == "cpu"):
+        return einsum_attention(q_BTNH, k_BSKH, v_BSKH, causal=causal, mask=mask)
     return jax.nn.dot_product_attention(
         q_BTNH,
         k_BSKH,
@@ -78,6 +87,41 @@ def dot_product_attention(
         is_causal=causal and mask is None,
         implementation=implementation,
     )
+
+
+def _platform() -> str:
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
+
+
+def einsum_attention(q_BTNH, k_BSKH, v_BSKH, *, causal: bool, mask: jax.Array | None = None) -> jax.Array:
+    """Attention as two einsums around an unnormalised softmax, laid out for XLA's CPU emitter.
+
+    Scores ``[B, N, T, S]`` in float32 (grouped heads read their shared K/V without repeating it), the mask added as a 0/−1e30
+    bias, ``e = exp(s − max s)``, and the division by ``Σ e`` applied to the ``[.., T, H]`` output instead of the
+    ``[.., T, S]`` probabilities. On a 2-core CPU ([8, 256, 4, 64], causal) this is 2.8x faster forward and 2.3x
+    forward+backward than ``jax.nn.dot_product_attention``'s XLA path (benchmarks/vs_reference.py). ``mask``:
+    boolean, broadcastable to ``[B, 1, T, S]`` (True = attend); each query must see at least one key.
+    """
+    b, t, n, h = q_BTNH.shape
+    s_len, kv = k_BSKH.shape[1], k_BSKH.shape[2]
+    g = n // kv
+    # Heads-major layout once ([B, K, G·T, H] queries against [B, K, S, H] keys/values), so that every product
+    # here and in the backward pass is a plain batched matrix product.
+    q = (q_BTNH.astype(jnp.float32) * h**-0.5).astype(q_BTNH.dtype)
+    q = q.reshape(b, t, kv, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, h)
+    k, v = k_BSKH.transpose(0, 2, 1, 3), v_BSKH.transpose(0, 2, 1, 3)
+    s = jnp.einsum("bkqh,bksh->bkqs", q, k, preferred_element_type=jnp.float32).reshape(b, kv, g, t, s_len)
+    if mask is None and causal:
+        mask = (jnp.arange(s_len)[None, :] <= jnp.arange(t)[:, None] + (s_len - t))[None, None]
+    if mask is not None:
+        s = s + jnp.where(mask, 0.0, -1e30)[:, :, None]  # [B|1, 1, 1, T, S]
+    e = jnp.exp(s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))
+    o = jnp.einsum("bkqs,bksh->bkqh", e.astype(v.dtype).reshape(b, kv, g * t, s_len), v,
+                   preferred_element_type=jnp.float32).reshape(b, kv, g, t, h)
+    o = o / jnp.sum(e, axis=-1)[..., None]
+    return o.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h).astype(q_BTNH.dtype)
 
 
 def _splash_attention(q, k, v, *, causal: bool, interpret: bool = False):
@@ -163,7 +207,7 @@ class Attention(nnx.Module):
         else:
             valid = jnp.broadcast_to(valid[:, None, :], (1, t, s))
         mask = valid[:, None, :, :]  # [B|1, 1, T, S]
-        impl = cfg.attention_impl if cfg.attention_impl != "splash" else "xla"
+        impl = cfg.attention_impl if cfg.attention_impl != "splash" else None
         y = dot_product_attention(
             q, cache.k.astype(q.dtype), cache.v.astype(q.dtype), causal=False, implementation=impl, mask=mask
         )

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from attractor_jax.nn.init import scaled_std
 
-ATTENTION_IMPLS = (None, "xla", "cudnn", "splash")
+ATTENTION_IMPLS = (None, "einsum", "xla", "cudnn", "splash")
 MLP_TYPES = ("relu2", "swiglu")
 OUT_INITS = ("zero", "trunc_normal", "matrix")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -22,9 +22,10 @@ class BlockConfig:
     out_init: how the attention and MLP output projections start. ``"zero"`` is the reference's scaled-zero
       (block = identity at init); ``"trunc_normal"`` is the attractor head's re-init (truncated normal ±3σ
       with the base std, not orthogonal); ``"matrix"`` uses the same initialiser as the input projections.
-    attention_impl: ``None``/``"xla"``/``"cudnn"`` go to ``jax.nn.dot_product_attention`` (cuDNN flash
-      attention on GPUs); ``"splash"`` uses the Pallas TPU splash-attention kernel (TPU only; per device, so
-      wrap it in ``shard_map`` under a mesh).
+    attention_impl: ``None`` picks per platform (``"einsum"`` on CPUs, ``jax.nn``'s choice elsewhere);
+      ``"einsum"`` is our XLA attention (`attractor_jax.nn.attention.einsum_attention`); ``"xla"``/``"cudnn"``
+      go to ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPUs); ``"splash"`` uses the Pallas TPU
+      splash-attention kernel (TPU only; per device, so wrap it in ``shard_map`` under a mesh).
     """
 
     d_model: int
