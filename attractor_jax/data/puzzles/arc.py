@@ -28,14 +28,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from attractor_jax.data.common import check_int, import_optional
-from attractor_jax.data.puzzles.common import (
-    SplitArrays,
-    check_output_free,
-    dihedral_transform,
-    inverse_dihedral_transform,
-    write_dataset,
-)
+from attractor_jax.data.common import check_int, check_output_free, import_optional
+from attractor_jax.data.puzzles.common import SplitArrays, dihedral_transform, inverse_dihedral_transform, write_dataset
 
 __all__ = [
     "ARC_GRID",

@@ -1,5 +1,5 @@
 """What every puzzle builder shares: the TRM/HRM on-disk layout, its metadata, the dihedral group, CSV I/O,
-sources (a local folder or a Hugging Face dataset repo) and atomic writes.
+sources (a local folder or a Hugging Face dataset repo) and the dataset writer.
 
 On-disk layout (identical to the TRM/HRM builders, so datasets built by either project load unchanged)::
 
@@ -19,7 +19,6 @@ group per epoch.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -28,13 +27,11 @@ import multiprocessing
 import os
 import pathlib
 import re
-import shutil
-import tempfile
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from attractor_jax.data.common import check_int, import_optional
+from attractor_jax.data.common import atomic_path, check_int, check_output_free, import_optional
 from attractor_jax.progress import Progress
 
 __all__ = [
@@ -345,45 +342,6 @@ def sha256_file(path: str | os.PathLike) -> str:
 # ----------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def atomic_path(
-    path: str | os.PathLike, *, directory: bool = False, overwrite: bool = True
-) -> Iterator[pathlib.Path]:
-    """Yield a temporary sibling of `path`; on success rename it onto `path`, on error remove it. With
-    overwrite=False an existing `path` is an error, raised before anything is written."""
-    check_output_free(path, overwrite)
-    path = pathlib.Path(path).expanduser()
-    parent = path.parent
-    if directory:
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is not
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
-        os.close(fd)
-        tmp = pathlib.Path(name)
-    try:
-        yield tmp
-        if directory:
-            old = None
-            if path.exists():
-                if not overwrite:
-                    raise FileExistsError(f"output '{path}' appeared while building; not replacing it")
-                old = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
-                os.rename(path, old / "x")
-            os.rename(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
-        raise
-
-
 @dataclasses.dataclass
 class SplitArrays:
     """The five arrays of one split (the layout in the module docstring)."""
@@ -484,15 +442,6 @@ def write_dataset(
         for name, obj in (extra_files or {}).items():
             (tmp / name).write_text(json.dumps(obj))
     return out
-
-
-def check_output_free(output: str | os.PathLike, overwrite: bool) -> None:
-    """Fail before any work when the output exists (and overwrite is off) or cannot be created."""
-    out = pathlib.Path(output).expanduser()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"output '{out}' already exists (pass --overwrite to replace it)")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"output folder '{out.parent}' does not exist")
 
 
 def rating_summary(values: Sequence[int]) -> dict[str, Any]:
