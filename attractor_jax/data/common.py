@@ -23,9 +23,11 @@ __all__ = [
     "GrainWrapper",
     "LruCache",
     "atomic_path",
+    "check_batching",
     "check_int",
     "check_output_free",
     "check_state_fingerprint",
+    "default_epochs",
     "import_optional",
     "lm_batch",
     "local_batch_size",
@@ -76,6 +78,22 @@ def local_batch_size(batch_size: int, process_count: int) -> int:
             f"batch_size={batch_size} is invalid: expected a multiple of process_count={process_count}"
         )
     return batch_size // process_count
+
+
+def check_batching(batch_size: Any, seed: Any, process_index: int | None, process_count: int | None
+                   ) -> tuple[int, int, int, int, int]:
+    """A pipeline's checked (batch_size, seed, process_index, process_count, local batch size): `batch_size`
+    is the global batch, which must split evenly over the processes (`resolve_process`, `local_batch_size`)."""
+    batch_size, seed = check_int("batch_size", batch_size, 1), check_int("seed", seed, 0)
+    process_index, process_count = resolve_process(process_index, process_count)
+    return batch_size, seed, process_index, process_count, local_batch_size(batch_size, process_count)
+
+
+def default_epochs(num_epochs: Any, finite: bool) -> int | None:
+    """Checked `num_epochs` (>= 1); None gives 1 for a `finite` pass (evaluation), else None (repeat)."""
+    if num_epochs is not None:
+        return check_int("num_epochs", num_epochs, 1)
+    return 1 if finite else None
 
 
 def prefetching_iterator(source: Any, prefetch: int) -> grain.DatasetIterator:

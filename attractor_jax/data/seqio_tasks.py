@@ -1,7 +1,6 @@
 """seqio Tasks and Mixtures for the language and puzzle data, and a bridge from any seqio Task or Mixture to
-the trainer. Optional: grain stays the default pipeline; this module needs `pip install
-'attractor_jax[seqio]'` (seqio, TensorFlow, tensorflow-text). Importing `attractor_jax` or
-`attractor_jax.data` never imports it, and this module imports seqio/TensorFlow only inside its functions.
+the trainer (docs/seqio.md is the guide). Optional: grain stays the default pipeline; this module needs `pip install
+'attractor_jax[seqio]'`, and imports seqio/TensorFlow only inside its functions (never on `import attractor_jax`).
 
     from attractor_jax.data import seqio_tasks as st
     lm = st.register_text_task("shakespeare", "data/tinyshakespeare.txt")     # -> "attractor_jax.shakespeare"
@@ -9,45 +8,13 @@ the trainer. Optional: grain stays the default pipeline; this module needs `pip 
     it = st.make_seqio_pipeline(lm, seq_len=256, batch_size=8, seed=0)   # {"inputs", "targets"}: int32 [b, T]
     attractor-jax train --preset attractor-tiny --data seqio:attractor_jax.shakespeare --workdir runs/x
 
-**Tasks** (names are prefixed `attractor_jax.`):
-
-* `register_text_task(name, path)`: language modelling from text files (`.txt`, `.jsonl`, `.parquet`,
-  folders and globs, read exactly as `make_text_pipeline` reads them). One example per document, feature
-  `targets` = its token ids followed by EOS. The vocabulary is `make_vocabulary(tokenizer)`: `"byte"`
-  (default) is `ByteVocabulary`, identical to `make_tokenizer("byte")` (UTF-8 bytes, vocab 256, EOS = 0, NUL
-  characters dropped); a `.model` path is `seqio.SentencePieceVocabulary`. Splits: "train", and "validation"
-  when `val_path` (its documents) or `val_fraction` f is given (document k of a file, counted with the file
-  index added as grain's streaming mode does, is held out when k mod round(1/f) == round(1/f) - 1).
-* `register_puzzle_task(name, path)`: a built Sudoku / Maze / ARC dataset (TRM/HRM layout: `train/`, `test/`
-  with dataset.json and the all__*.npy arrays). One example per stored example: `inputs` and `targets` int32
-  [L] (targets hold IGNORE_LABEL_ID = -100 where the label is the dataset's ignore_label_id, as the grain
-  puzzle pipeline's `labels` do) and `puzzle_identifiers` int32 scalar. Splits "train" and "test".
-* `register_mixture(name, tasks, rates)`: a `seqio.Mixture` of registered tasks.
-* `register_tasks(text=..., puzzles=..., mixture=...)`: all of the above in one call.
-
-**The bridge**: `make_seqio_pipeline(name, seq_len=, batch_size=, seed=)` turns a Task or Mixture whose
-`targets` feature holds 1-D token ids into `{"inputs", "targets"}` int32 [batch_size / P, seq_len] batches
-packed exactly as `make_text_pipeline` packs them: the examples' tokens are concatenated (each already ends
-with EOS when the feature has add_eos) and cut into rows of seq_len + 1 tokens; `inputs = row[:-1]`, `targets
-= row[1:]`. Sharding is seqio's: `seqio.ShardInfo(process_index, process_count)` (example i goes to process i
-mod P). Shuffling is seqio's too (the Task's shuffle buffer, seeded with `seed`; `shuffle=False` keeps the
-stored order). With `shuffle=False` the token arrays equal those of `make_text_pipeline(path, streaming=True,
-shuffle=False)` batch for batch, across epochs and for any process count. seqio shuffles whole examples
-(documents), so a corpus of one document (tinyshakespeare) is read in the same order every epoch; grain's
-default map mode, which shuffles rows, suits such a corpus better.
-
-The iterator is a grain `DatasetIterator` with the text iterators' interface: `get_state()` is a small JSON
-dict (examples consumed, tokens consumed of the next example, batches, and the pipeline's fingerprint), so
-`grain.checkpoint.CheckpointSave(it)` stores it in the orbax checkpoint; `set_state()` re-creates the
-deterministic seqio dataset and skips the consumed examples (the skipped examples are read and preprocessed
-again: restoring costs time proportional to the position within the data, not to the batches).
-`make_seqio_puzzle_pipeline` is the same for puzzle tasks: batches like `make_puzzle_pipeline`'s.
-
-**Trainer**: `--data seqio:NAME` trains on a registered Task or Mixture NAME; its "validation" split (when it
-has one) is the validation data. Before the name is looked up, the modules named in the environment variable
-`ATTRACTOR_JAX_SEQIO_MODULES` (comma-separated, e.g. `my_project.tasks`) are imported, so that they register
-their tasks. `--data seqio:attractor_jax.text:PATH` registers a built-in text task for PATH on the fly, with
-the run's `data.tokenizer`, `data.val_fraction` / `data.val_path` and `data.text_field`.
+A text task has one example per document (`targets` = its token ids + EOS), read as `make_text_pipeline` reads
+files; with `val_fraction` f, document k of a file (counted with the file index added, as grain's streaming mode
+does) is held out when k mod round(1/f) == round(1/f) - 1. `make_seqio_pipeline` packs the examples exactly as
+`make_text_pipeline` packs documents (unshuffled: the arrays of `make_text_pipeline(path, streaming=True,
+shuffle=False)`, for any process count); `make_seqio_puzzle_pipeline` batches a puzzle task like
+`make_puzzle_pipeline`. Their state is (examples consumed, tokens consumed of the next one, batches, fingerprint);
+`set_state` rebuilds the deterministic dataset and skips the consumed examples.
 """
 
 from __future__ import annotations
@@ -66,13 +33,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import grain
 import numpy as np
 
-from attractor_jax.data.common import (
-    check_int,
-    check_state_fingerprint,
-    lm_batch,
-    local_batch_size,
-    resolve_process,
-)
+from attractor_jax.data.common import check_batching, check_int, check_state_fingerprint, default_epochs, lm_batch
 from attractor_jax.data.text import (
     PathSpec,
     check_val_options,
@@ -789,10 +750,7 @@ def _open_provider(name, split, batch_size, seed, process_index, process_count) 
     """The checked arguments of a seqio pipeline; the global batch must split evenly over the processes and
     the split must exist."""
     import_seqio()
-    batch_size = check_int("batch_size", batch_size, 1)
-    seed = check_int("seed", seed, 0)
-    pidx, pcount = resolve_process(process_index, process_count)
-    local_batch_size(batch_size, pcount)
+    batch_size, seed, pidx, pcount, _ = check_batching(batch_size, seed, process_index, process_count)
     provider = get_provider(name)
     if split not in provider.splits:
         raise ValueError(f"seqio provider '{name}' has no split '{split}' (splits: {list(provider.splits)})")
@@ -819,10 +777,7 @@ def make_seqio_pipeline(
     seq_len = check_int("seq_len", seq_len, 1)
     bridge = _open_provider(name, split, batch_size, seed, process_index, process_count)
     feat = _check_feature(bridge.provider, feature, 1)
-    if num_epochs is None and split != "train":
-        num_epochs = 1
-    if num_epochs is not None:
-        num_epochs = check_int("num_epochs", num_epochs, 1)
+    num_epochs = default_epochs(num_epochs, finite=split != "train")
     shuffle = split == "train" if shuffle is None else bool(shuffle)
     bridge = dataclasses.replace(bridge, shuffle=shuffle, num_epochs=num_epochs)
     base = bridge.datasets()

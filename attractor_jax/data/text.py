@@ -61,13 +61,13 @@ from attractor_jax.data.common import (
     BatchSource,
     GrainWrapper,
     LruCache,
+    check_batching,
     check_int,
     check_state_fingerprint,
+    default_epochs,
     import_optional,
     lm_batch,
-    local_batch_size,
     prefetching_iterator,
-    resolve_process,
 )
 from attractor_jax.data.tokenizers import ByteTokenizer, Tokenizer, make_tokenizer
 
@@ -774,17 +774,11 @@ def make_text_pipeline(
       backend: on multi-host, build the pipeline after `jax.distributed.initialize()` (or pass both).
     """
     seq_len = check_int("seq_len", seq_len, 1)
-    batch_size = check_int("batch_size", batch_size, 1)
-    seed = check_int("seed", seed, 0)
+    batch_size, seed, pidx, pcount, local_batch = check_batching(batch_size, seed, process_index, process_count)
     prefetch = check_int("prefetch", prefetch, 0)
     shuffle_buffer = check_int("shuffle_buffer", shuffle_buffer, 1)
     split, source, frac = _select_source(path, split, val_fraction, val_path)
-    if num_epochs is not None:
-        num_epochs = check_int("num_epochs", num_epochs, 1)
-    elif split == "validation":
-        num_epochs = 1
-    pidx, pcount = resolve_process(process_index, process_count)
-    local_batch = local_batch_size(batch_size, pcount)
+    num_epochs = default_epochs(num_epochs, finite=split == "validation")
     tok = make_tokenizer(tokenizer)
     shuffle = split == "train" if shuffle is None else bool(shuffle)
     args = _TextArgs(source, split, frac, tok, seq_len, batch_size, local_batch, pidx, pcount, seed, shuffle,

@@ -44,10 +44,10 @@ from attractor_jax.data.common import (
     BatchSource,
     GrainWrapper,
     LruCache,
+    check_batching,
     check_int,
-    local_batch_size,
+    default_epochs,
     prefetching_iterator,
-    resolve_process,
 )
 
 __all__ = ["PuzzleIterator", "load_puzzle_split", "make_puzzle_pipeline"]
@@ -219,23 +219,14 @@ def make_puzzle_pipeline(
       once, padded last batch). num_epochs: default None (unbounded) when shuffling, else 1 (a sequential pass
       must be finite). prefetch: batches prepared ahead in a background thread (0: none).
     """
-    batch_size = check_int("batch_size", batch_size, 1)
-    seed = check_int("seed", seed, 0)
+    batch_size, seed, pidx, pcount, local = check_batching(batch_size, seed, process_index, process_count)
     prefetch = check_int("prefetch", prefetch, 0)
-    if shuffle is None:
-        shuffle = split == "train"
-    if num_epochs is not None:
-        num_epochs = check_int("num_epochs", num_epochs, 1)
-    elif not shuffle:
-        num_epochs = 1
+    shuffle = split == "train" if shuffle is None else bool(shuffle)
+    num_epochs = default_epochs(num_epochs, finite=not shuffle)
     if not shuffle and num_epochs != 1:
-        raise ValueError(
-            f"num_epochs={num_epochs} is invalid without shuffling: a sequential pass is one epoch"
-        )
-    pidx, pcount = resolve_process(process_index, process_count)
-    local = local_batch_size(batch_size, pcount)
+        raise ValueError(f"num_epochs={num_epochs} is invalid without shuffling: a sequential pass is one epoch")
     data = PuzzleSplit(path, split, set_name)
-    src = _Batches(data, seed=seed, shuffle=bool(shuffle), global_batch=batch_size, local_batch=local,
+    src = _Batches(data, seed=seed, shuffle=shuffle, global_batch=batch_size, local_batch=local,
                    offset=pidx * local, num_batches=None)
     E = src.epoch_len
     if shuffle:
@@ -256,7 +247,7 @@ def make_puzzle_pipeline(
         "split": split,
         "batch_size": batch_size,
         "seed": seed,
-        "shuffle": bool(shuffle),
+        "shuffle": shuffle,
         "num_examples": data.num_examples,
         "num_groups": data.num_groups,
         "seq_len": data.metadata.seq_len,
