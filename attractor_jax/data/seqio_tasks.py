@@ -542,18 +542,17 @@ def get_provider(name: str):
         ) from None
 
 
-def _check_feature(provider, feature: str, rank: int) -> Any:
+def _check_feature(provider, feature: str) -> Any:
+    """The output feature `feature` of `provider`, which must hold rank-1 integer token ids."""
     feats = provider.output_features
     if feature not in feats:
         raise ValueError(
             f"seqio provider '{provider.name}' has no output feature '{feature}' (features: {sorted(feats)})"
         )
     f = feats[feature]
-    if f.rank != rank or not f.dtype.is_integer:
-        raise ValueError(
-            f"feature '{feature}' of '{provider.name}' must hold rank-{rank} integer token ids, "
-            f"got rank {f.rank} {f.dtype.name}"
-        )
+    if f.rank != 1 or not f.dtype.is_integer:
+        raise ValueError(f"feature '{feature}' of '{provider.name}' must hold rank-1 integer token ids, "
+                         f"got rank {f.rank} {f.dtype.name}")
     return f
 
 
@@ -572,56 +571,50 @@ class SeqioIterator(grain.DatasetIterator):
     `num_batches` (None: unknown/unbounded), `config` (the fingerprint), `provider` (the seqio Task/Mixture).
     """
 
-    def __init__(
-        self,
-        make_dataset: Callable[[int], Any],
-        *,
-        mode: str,
-        local_batch: int,
-        seq_len: int | None,
-        config: dict[str, Any],
-        pad_final: bool = False,
-    ):
+    def __init__(self, make_dataset: Callable[[int], Any], *, mode: str, local_batch: int, seq_len: int | None,
+                 config: dict[str, Any], pad_final: bool = False):
         super().__init__()
         self._make_dataset = make_dataset
         self._mode, self._b, self._row = mode, local_batch, (seq_len + 1 if seq_len else None)
         self._pad_final = pad_final
         self.config = config
-        self._examples = 0  # examples fully consumed
-        self._offset = 0  # tokens consumed of the next example (lm mode)
-        self._batches = 0
-        self._it = None
+        self._restart(0, 0, 0)
+
+    def _restart(self, examples: int, offset: int, batches: int) -> None:
+        """Resume after `examples` examples, `offset` tokens of the next one (lm mode) and `batches` batches;
+        the dataset is rebuilt on the next batch."""
+        self._examples, self._offset, self._batches = examples, offset, batches
+        self._it, self._done = None, False
         self._buf = np.zeros((0,), np.int32)  # lm: tokens of the current chunk from position _pos
         self._ends = np.zeros((0,), np.int64)  # lm: end offsets (in _buf) of the chunk's examples
         self._pos = 0
         self._base = 0  # lm: examples before the current chunk
-        self._done = False
+
+    def _next_element(self) -> dict[str, np.ndarray] | None:
+        """The dataset's next element (the dataset built first after a (re)start); None at the end."""
+        if self._done:
+            return None
+        if self._it is None:
+            self._it = iter(self._make_dataset(self._examples).as_numpy_iterator())
+        element = next(self._it, None)
+        self._done = element is None
+        return element
 
     # -- lm ------------------------------------------------------------------------------------------
     def _refill(self) -> bool:
         """Load the next chunk of examples (after a (re)start, the first one skipping the `_offset` tokens
         already consumed of it); False at the end of the data."""
-        if self._done:
-            return False
         restart = self._it is None
         if restart:
-            self._it = iter(self._make_dataset(self._examples).as_numpy_iterator())
             self._base, self._ends = self._examples, np.zeros((0,), np.int64)
-        chunk = next(self._it, None)
+        chunk = self._next_element()
         if chunk is None:
-            self._done = True
             return False
         self._base += len(self._ends)
         self._buf = np.asarray(chunk["values"], np.int32)
         self._ends = np.cumsum(chunk["lengths"]).astype(np.int64)
         self._pos = self._offset if restart else 0
         return True
-
-    def _sync_position(self) -> None:
-        """(examples consumed, offset into the next one) from the chunk position."""
-        k = int(np.searchsorted(self._ends, self._pos, side="right"))
-        self._examples = self._base + k
-        self._offset = self._pos - (int(self._ends[k - 1]) if k else 0)
 
     def _next_lm(self) -> dict[str, np.ndarray]:
         need = self._b * self._row
@@ -634,39 +627,28 @@ class SeqioIterator(grain.DatasetIterator):
             out[filled : filled + take] = self._buf[self._pos : self._pos + take]
             filled += take
             self._pos += take
-        self._sync_position()
+        # (examples consumed, offset into the next one) from the chunk position
+        k = int(np.searchsorted(self._ends, self._pos, side="right"))
+        self._examples = self._base + k
+        self._offset = self._pos - (int(self._ends[k - 1]) if k else 0)
         return lm_batch(out.reshape(self._b, self._row))
 
     # -- puzzles ---------------------------------------------------------------------------------------
     def _next_puzzle(self) -> dict[str, np.ndarray]:
-        if self._it is None:
-            if self._done:
-                raise StopIteration
-            self._it = iter(self._make_dataset(self._examples).as_numpy_iterator())
-        batch = next(self._it, None)
+        batch = self._next_element()
         if batch is None:
-            self._done = True
             raise StopIteration
         n = len(batch["inputs"])
         self._examples += n
-        valid = np.ones(self._b, bool)
-        if n < self._b:
-            if not self._pad_final:
-                self._done = True
-                raise StopIteration
-            valid[n:] = False
-            fill = {"inputs": 0, "targets": -100, "puzzle_identifiers": 0}  # PAD, IGNORE_LABEL_ID, blank id
-            batch = {
-                k: np.concatenate([v, np.full((self._b - n,) + v.shape[1:], fill[k], v.dtype)])
-                for k, v in batch.items()
-            }
+        if n < self._b:  # the final batch: padded, or dropped
             self._done = True
-        return {
-            "inputs": batch["inputs"].astype(np.int32),
-            "labels": batch["targets"].astype(np.int32),
-            "puzzle_identifiers": batch["puzzle_identifiers"].astype(np.int32),
-            "mask": valid,
-        }
+            if not self._pad_final:
+                raise StopIteration
+            fill = {"inputs": 0, "targets": -100, "puzzle_identifiers": 0}  # PAD, IGNORE_LABEL_ID, blank id
+            batch = {k: np.concatenate([v, np.full((self._b - n,) + v.shape[1:], fill[k], v.dtype)])
+                     for k, v in batch.items()}
+        return {"inputs": batch["inputs"].astype(np.int32), "labels": batch["targets"].astype(np.int32),
+                "puzzle_identifiers": batch["puzzle_identifiers"].astype(np.int32), "mask": np.arange(self._b) < n}
 
     # -- interface -----------------------------------------------------------------------------------
     def __next__(self) -> dict[str, np.ndarray]:
@@ -676,27 +658,16 @@ class SeqioIterator(grain.DatasetIterator):
         return out
 
     def get_state(self) -> dict[str, Any]:
-        return {
-            "examples": int(self._examples),
-            "offset": int(self._offset),
-            "batches": int(self._batches),
-            "config": dict(self.config),
-        }
+        return {"examples": int(self._examples), "offset": int(self._offset), "batches": int(self._batches),
+                "config": dict(self.config)}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        check_state_fingerprint(
-            self.config, state, "seqio", required=("examples", "offset", "batches", "config")
-        )
-        self._examples, self._offset = int(state["examples"]), int(state["offset"])
-        self._batches = int(state["batches"])
-        self._it, self._done = None, False
-        self._buf, self._ends, self._pos = np.zeros((0,), np.int32), np.zeros((0,), np.int64), 0
+        check_state_fingerprint(self.config, state, "seqio", required=("examples", "offset", "batches", "config"))
+        self._restart(int(state["examples"]), int(state["offset"]), int(state["batches"]))
 
     def __str__(self) -> str:
-        return (
-            f"SeqioIterator({self.config.get('name')}, {self.config.get('split')}, "
-            f"batch={self._b}/{self.config.get('batch_size')})"
-        )
+        config = self.config
+        return f"SeqioIterator({config.get('name')}, {config.get('split')}, batch={self._b}/{config.get('batch_size')})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -710,32 +681,43 @@ class _Bridge:
     seed: int
     process_index: int
     process_count: int
-    shuffle: bool = False
-    num_epochs: int | None = None
+    shuffle: bool
+    num_epochs: int | None
+
+    @classmethod
+    def open(cls, name, split, batch_size, seed, process_index, process_count, shuffle, num_epochs) -> "_Bridge":
+        """The checked arguments; the global batch must split evenly over the processes and the split must
+        exist."""
+        import_seqio()
+        batch_size, seed, pidx, pcount, _ = check_batching(batch_size, seed, process_index, process_count)
+        provider = get_provider(name)
+        if split not in provider.splits:
+            raise ValueError(f"seqio provider '{name}' has no split '{split}' (splits: {list(provider.splits)})")
+        return cls(name, split, provider, batch_size, seed, pidx, pcount, shuffle, num_epochs)
 
     @property
     def local_batch(self) -> int:
         return self.batch_size // self.process_count
 
-    def datasets(self, passthrough: Sequence[str] = ()) -> Callable[[int], Any]:
-        """make(skip): the split as this process reads it (`seqio.ShardInfo`), its first `skip` examples
-        skipped; `passthrough` features survive a Mixture."""
-        seqio, _ = import_seqio()
+    def iterator(self, select: Callable, batch: Callable[[Any], Any], kind: str, fields: dict,
+                 passthrough: Sequence[str] = (), **kw: Any) -> SeqioIterator:
+        """The SeqioIterator over the split as this process reads it (`seqio.ShardInfo`), each example mapped
+        by `select`, then batched by `batch`; `passthrough` features survive a Mixture. Its fingerprint is the
+        bridge's arguments and `fields`."""
+        seqio, tf = import_seqio()
         shard = seqio.ShardInfo(self.process_index, self.process_count) if self.process_count > 1 else None
         kwargs: dict[str, Any] = dict(sequence_length=None, split=self.split, use_cached=False,
                                       shuffle=self.shuffle, seed=self.seed, shard_info=shard,
                                       num_epochs=self.num_epochs)
         if isinstance(self.provider, seqio.Mixture) and passthrough:
             kwargs["passthrough_features"] = list(passthrough)
+        select = tf.autograph.experimental.do_not_convert(select)
 
         def make(skip: int):
             ds = self.provider.get_dataset(**kwargs)
-            return ds.skip(skip) if skip else ds
+            ds = (ds.skip(skip) if skip else ds).map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            return batch(ds).prefetch(tf.data.AUTOTUNE)
 
-        return make
-
-    def iterator(self, make: Callable[[int], Any], kind: str, fields: dict, **kw: Any) -> SeqioIterator:
-        """The SeqioIterator over `make`, its fingerprint the bridge's arguments and `fields`."""
         config = {"kind": kind, "name": self.name, "split": self.split, **fields,
                   "batch_size": self.batch_size, "seed": self.seed, "shuffle": self.shuffle,
                   "num_epochs": self.num_epochs, "process_index": self.process_index,
@@ -744,17 +726,6 @@ class _Bridge:
         it.provider, it.batch_size, it.local_batch_size = self.provider, self.batch_size, self.local_batch
         it.num_batches = None
         return it
-
-
-def _open_provider(name, split, batch_size, seed, process_index, process_count) -> _Bridge:
-    """The checked arguments of a seqio pipeline; the global batch must split evenly over the processes and
-    the split must exist."""
-    import_seqio()
-    batch_size, seed, pidx, pcount, _ = check_batching(batch_size, seed, process_index, process_count)
-    provider = get_provider(name)
-    if split not in provider.splits:
-        raise ValueError(f"seqio provider '{name}' has no split '{split}' (splits: {list(provider.splits)})")
-    return _Bridge(name, split, provider, batch_size, seed, pidx, pcount)
 
 
 def make_seqio_pipeline(
@@ -775,28 +746,16 @@ def make_seqio_pipeline(
     default None (repeat forever) for "train", else 1 (a final partial batch is dropped). batch_size is
     global; process p of P reads `seqio.ShardInfo(p, P)`."""
     seq_len = check_int("seq_len", seq_len, 1)
-    bridge = _open_provider(name, split, batch_size, seed, process_index, process_count)
-    feat = _check_feature(bridge.provider, feature, 1)
-    num_epochs = default_epochs(num_epochs, finite=split != "train")
     shuffle = split == "train" if shuffle is None else bool(shuffle)
-    bridge = dataclasses.replace(bridge, shuffle=shuffle, num_epochs=num_epochs)
-    base = bridge.datasets()
+    bridge = _Bridge.open(name, split, batch_size, seed, process_index, process_count, shuffle,
+                          default_epochs(num_epochs, finite=split != "train"))
+    feat = _check_feature(bridge.provider, feature)
     _, tf = import_seqio()
-
-    @tf.autograph.experimental.do_not_convert
-    def to_chunk(r):
-        return {"values": tf.cast(r.flat_values, tf.int32), "lengths": r.row_lengths()}
-
-    @tf.autograph.experimental.do_not_convert
-    def select(ex):
-        return ex[feature]
-
-    def make(skip: int):
-        ds = base(skip).map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.ragged_batch(_CHUNK).map(to_chunk).prefetch(tf.data.AUTOTUNE)
-
+    to_chunk = tf.autograph.experimental.do_not_convert(
+        lambda r: {"values": tf.cast(r.flat_values, tf.int32), "lengths": r.row_lengths()})
     fields = {"feature": feature, "vocab": _vocab_id(feat.vocabulary), "seq_len": seq_len}
-    it = bridge.iterator(make, "seqio-lm", fields, mode="lm", seq_len=seq_len)
+    it = bridge.iterator(lambda ex: ex[feature], lambda ds: ds.ragged_batch(_CHUNK).map(to_chunk), "seqio-lm",
+                         fields, mode="lm", seq_len=seq_len)
     it.seq_len, it.vocabulary = seq_len, feat.vocabulary
     return it
 
@@ -816,26 +775,15 @@ def make_seqio_puzzle_pipeline(
     shaped as `make_puzzle_pipeline`'s: `inputs`, `labels` int32 [b, L], `puzzle_identifiers` int32 [b],
     `mask` bool [b]. shuffle: default True for "train" (seqio's shuffle buffer, not TRM's group sampling).
     num_epochs: default None (repeat) when shuffling, else 1, with the final batch padded (mask False)."""
-    bridge = _open_provider(name, split, batch_size, seed, process_index, process_count)
-    for f in ("inputs", "targets"):
-        _check_feature(bridge.provider, f, 1)
     shuffle = split == "train" if shuffle is None else bool(shuffle)
-    if num_epochs is None and not shuffle:
-        num_epochs = 1
-    bridge = dataclasses.replace(bridge, shuffle=shuffle, num_epochs=num_epochs)
-    base = bridge.datasets(passthrough=("puzzle_identifiers",))
-    _, tf = import_seqio()
+    bridge = _Bridge.open(name, split, batch_size, seed, process_index, process_count, shuffle,
+                          default_epochs(num_epochs, finite=not shuffle))
+    for f in ("inputs", "targets"):
+        _check_feature(bridge.provider, f)
     keys = ("inputs", "targets", "puzzle_identifiers")
-
-    @tf.autograph.experimental.do_not_convert
-    def select(ex):
-        return {k: ex[k] for k in keys}
-
-    def make(skip: int):
-        ds = base(skip).map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(bridge.local_batch).prefetch(tf.data.AUTOTUNE)
-
-    it = bridge.iterator(make, "seqio-puzzle", {}, mode="puzzle", seq_len=None, pad_final=not shuffle)
+    it = bridge.iterator(lambda ex: {k: ex[k] for k in keys}, lambda ds: ds.batch(bridge.local_batch),
+                         "seqio-puzzle", {}, passthrough=("puzzle_identifiers",), mode="puzzle", seq_len=None,
+                         pad_final=not shuffle)
     it.split = split
     return it
 
@@ -860,7 +808,7 @@ def check_seqio_data(data: Any, *, seq_len: int, batch_size: int) -> int:
     provider = get_provider(name)
     if "train" not in provider.splits:
         raise ValueError(f"seqio provider '{name}' has no 'train' split (splits: {list(provider.splits)})")
-    return int(_check_feature(provider, "targets", 1).vocabulary.vocab_size)
+    return int(_check_feature(provider, "targets").vocabulary.vocab_size)
 
 
 def make_seqio_pipelines(data: Any, train: Any, process_index: int, process_count: int):
