@@ -104,11 +104,6 @@ def import_seqio():
     return seqio, tf
 
 
-def _no_autograph(fn):
-    _, tf = import_seqio()
-    return tf.autograph.experimental.do_not_convert(fn)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Vocabularies
 # ----------------------------------------------------------------------------------------------------
@@ -119,9 +114,7 @@ def _byte_vocabulary_class():
     seqio, tf = import_seqio()
     from attractor_jax.data.tokenizers import ByteTokenizer
 
-    table = tf.constant(
-        [b""] + [bytes([i]) for i in range(1, 256)]
-    )  # id 0 (EOS, and seqio's PAD) decodes to ""
+    table = tf.constant([b""] + [bytes([i]) for i in range(1, 256)])  # id 0 (EOS, and seqio's PAD) decodes to ""
 
     class ByteVocabulary(seqio.Vocabulary):
         """attractor_jax's byte tokenizer as a seqio Vocabulary: ids are the UTF-8 bytes of the text (vocab
@@ -191,11 +184,7 @@ def make_vocabulary(tokenizer: Any = "byte"):
     seqio, _ = import_seqio()
     if isinstance(tokenizer, seqio.Vocabulary):
         return tokenizer
-    spec = (
-        os.fspath(tokenizer)
-        if isinstance(tokenizer, (str, os.PathLike))
-        else getattr(tokenizer, "spec", None)
-    )
+    spec = os.fspath(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else getattr(tokenizer, "spec", None)
     if spec == "byte":
         return byte_vocabulary()
     if isinstance(spec, str) and spec.endswith(".model"):
@@ -228,9 +217,7 @@ def _add(registry, name: str, overwrite: bool, *args: Any, **kwargs: Any) -> str
     seqio, _ = import_seqio()
     if name in registry.names():
         if not overwrite:
-            raise ValueError(
-                f"seqio provider '{name}' is already registered (pass overwrite=True to replace it)"
-            )
+            raise ValueError(f"seqio provider '{name}' is already registered (pass overwrite=True to replace it)")
         registry.remove(name)
     if name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names():
         raise ValueError(f"'{name}' is already registered as a seqio Task or Mixture")
@@ -327,7 +314,7 @@ def _text_dataset_fn(full: str, splits: list[str], documents: Callable[[str], It
         ds = tf.data.Dataset.from_generator(
             lambda: chunks(split), output_signature=tf.TensorSpec((None,), tf.string)
         ).unbatch()
-        return ds.map(_no_autograph(lambda t: {"text": t}))
+        return ds.map(tf.autograph.experimental.do_not_convert(lambda t: {"text": t}))
 
     return dataset_fn
 
@@ -350,9 +337,7 @@ def register_puzzle_task(
     root = pathlib.Path(path).expanduser()
     splits = [s for s in ("train", "test") if (root / s / "dataset.json").is_file()]
     if not splits:
-        raise FileNotFoundError(
-            f"'{root}' is not a built puzzle dataset: no train/ or test/ with dataset.json"
-        )
+        raise FileNotFoundError(f"'{root}' is not a built puzzle dataset: no train/ or test/ with dataset.json")
     metas = {s: load_puzzle_split(root, s, set_name) for s in splits}  # validates the arrays now
     seq_len = {m.metadata.seq_len for m in metas.values()}
     vocab = {m.metadata.vocab_size for m in metas.values()}
@@ -384,24 +369,14 @@ def register_puzzle_task(
 
 def _puzzle_chunks(root: pathlib.Path, split: str, set_name: str | None, chunk: int = 4096
                    ) -> Iterator[dict[str, np.ndarray]]:
-    """The examples of a built puzzle split in stored order, `chunk` at a time, as int32 `inputs`, `targets`
-    (IGNORE_LABEL_ID where the label is the dataset's ignore_label_id) and `puzzle_identifiers`."""
-    from attractor_jax.data.puzzles.common import IGNORE_LABEL_ID
+    """The examples of a built puzzle split in stored order, `chunk` at a time, as the puzzle pipeline reads
+    them (`PuzzleSplit.examples`), the labels named `targets`."""
     from attractor_jax.data.puzzles.reader import load_puzzle_split
 
     d = load_puzzle_split(root, split, set_name)
-    ignore = d.metadata.ignore_label_id
     for lo in range(0, d.num_examples, chunk):
-        hi = min(lo + chunk, d.num_examples)
-        labels = np.asarray(d.labels[lo:hi], np.int32)
-        if ignore is not None:
-            labels[labels == ignore] = IGNORE_LABEL_ID
-        puz = np.searchsorted(d.puzzle_indices, np.arange(lo, hi), side="right") - 1
-        yield {
-            "inputs": np.asarray(d.inputs[lo:hi], np.int32),
-            "targets": labels,
-            "puzzle_identifiers": d.puzzle_identifiers[puz].astype(np.int32),
-        }
+        b = d.examples(np.arange(lo, min(lo + chunk, d.num_examples)))
+        yield {"inputs": b["inputs"], "targets": b["labels"], "puzzle_identifiers": b["puzzle_identifiers"]}
 
 
 def register_mixture(

@@ -93,11 +93,22 @@ class PuzzleSplit:
     def num_groups(self) -> int:
         return len(self.group_indices) - 1
 
+    def examples(self, ex: np.ndarray, puz: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """int32 `inputs` and `labels` [len(ex), L] of examples `ex` (labels IGNORE_LABEL_ID where the stored
+        label is the ignore_label_id) and the `puzzle_identifiers` [len(ex)] of their puzzles `puz` (by default
+        looked up)."""
+        if puz is None:
+            puz = np.searchsorted(self.puzzle_indices, ex, side="right") - 1
+        order = np.argsort(ex, kind="stable")  # sorted reads are kinder to the memory map
+        inputs = np.empty((len(ex), self.metadata.seq_len), np.int32)
+        labels = np.empty_like(inputs)
+        inputs[order], labels[order] = self.inputs[ex[order]], self.labels[ex[order]]
+        if self.metadata.ignore_label_id is not None:
+            labels[labels == self.metadata.ignore_label_id] = IGNORE_LABEL_ID
+        return {"inputs": inputs, "labels": labels, "puzzle_identifiers": self.puzzle_identifiers[puz].astype(np.int32)}
 
-def load_puzzle_split(
-    path: str | os.PathLike, split: str = "train", set_name: str | None = None
-) -> PuzzleSplit:
-    return PuzzleSplit(path, split, set_name)
+
+load_puzzle_split = PuzzleSplit  # load_puzzle_split(path, split="train", set_name=None)
 
 
 class _Batches(BatchSource):
@@ -146,25 +157,13 @@ class _Batches(BatchSource):
         else:
             # an example's position in the stored order; a batch past the end of the split is all padding
             valid = pos < self.d.num_examples
-            ex = np.where(valid, pos, 0)
-            puz = np.searchsorted(self.d.puzzle_indices, ex, side="right") - 1
-        return self._collate(ex, puz, valid)
-
-    def _collate(self, ex: np.ndarray, puz: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
-        m = self.meta
-        order = np.argsort(ex, kind="stable")  # sorted reads are kinder to the memory map
-        inputs = np.empty((self.local_batch, m.seq_len), np.int32)
-        labels = np.empty((self.local_batch, m.seq_len), np.int32)
-        inputs[order] = self.d.inputs[ex[order]]
-        labels[order] = self.d.labels[ex[order]]
-        if m.ignore_label_id is not None:
-            labels[labels == m.ignore_label_id] = IGNORE_LABEL_ID
-        ids = self.d.puzzle_identifiers[puz].astype(np.int32)
+            ex, puz = np.where(valid, pos, 0), None  # `examples` looks the puzzles up
+        out = self.d.examples(ex, puz)
         if not valid.all():
-            inputs[~valid] = m.pad_id
-            labels[~valid] = IGNORE_LABEL_ID
-            ids[~valid] = m.blank_identifier_id
-        return {"inputs": inputs, "labels": labels, "puzzle_identifiers": ids, "mask": valid.copy()}
+            out["inputs"][~valid] = self.meta.pad_id
+            out["labels"][~valid] = IGNORE_LABEL_ID
+            out["puzzle_identifiers"][~valid] = self.meta.blank_identifier_id
+        return {**out, "mask": valid.copy()}
 
 
 class PuzzleIterator(GrainWrapper, grain.DatasetIterator):
