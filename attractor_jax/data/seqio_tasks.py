@@ -479,20 +479,12 @@ def resolve_seqio_spec(
         full = _text_spec_name(path, tokenizer, val_fraction, val_path, text_field)
         seqio, _ = import_seqio()
         if full not in seqio.TaskRegistry.names():
-            register_text_task(
-                full,
-                path,
-                tokenizer=tokenizer,
-                val_fraction=val_fraction,
-                val_path=val_path,
-                text_field=text_field,
-            )
+            register_text_task(full, path, tokenizer=tokenizer, val_fraction=val_fraction, val_path=val_path,
+                               text_field=text_field)
         return full
     if val_path is not None:
-        raise ValueError(
-            f"data.val_path applies to {SEQIO_PREFIX}{TEXT_SPEC_PREFIX}PATH only; the task "
-            f"'{name}' brings its own 'validation' split"
-        )
+        raise ValueError(f"data.val_path applies to {SEQIO_PREFIX}{TEXT_SPEC_PREFIX}PATH only; the task "
+                         f"'{name}' brings its own 'validation' split")
     get_provider(name)
     return name
 
@@ -504,11 +496,8 @@ def get_provider(name: str):
     try:
         return seqio.get_mixture_or_task(name)
     except ValueError:
-        ours = sorted(
-            n
-            for n in (*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names())
-            if n.startswith(TASK_PREFIX)
-        )
+        ours = sorted(n for n in (*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names())
+                      if n.startswith(TASK_PREFIX))
         raise ValueError(
             f"no seqio Task or Mixture named '{name}' is registered: import the module that registers it by "
             f"listing it in {ENV_MODULES}=my_project.tasks (comma-separated), or use "
@@ -791,33 +780,17 @@ def make_seqio_pipelines(data: Any, train: Any, process_index: int, process_coun
     the first `train.eval_batches` of the provider's "validation" split (none when it has no such split or the
     split is empty)."""
     name = _resolve_data_spec(data)
-    common = dict(
-        seq_len=train.seq_len,
-        batch_size=train.batch_size,
-        seed=train.seed,
-        process_index=process_index,
-        process_count=process_count,
-    )
+    common = dict(seq_len=train.seq_len, batch_size=train.batch_size, seed=train.seed, process_index=process_index,
+                  process_count=process_count)
     train_it = make_seqio_pipeline(name, split="train", **common)
 
     def val_batches() -> list[dict[str, np.ndarray]]:
         if "validation" not in get_provider(name).splits:
             return []
-        it = make_seqio_pipeline(name, split="validation", **common)
-        out = []
-        for _ in range(train.eval_batches):
-            b = next(it, None)
-            if b is None:
-                break
-            out.append(b)
+        out = list(itertools.islice(make_seqio_pipeline(name, split="validation", **common), train.eval_batches))
         if not out:
-            log.warning(
-                "seqio provider '%s': the validation split holds fewer than one batch of %d x %d tokens; "
-                "no validation",
-                name,
-                train.batch_size,
-                train.seq_len + 1,
-            )
+            log.warning("seqio provider '%s': the validation split holds fewer than one batch of %d x %d tokens; "
+                        "no validation", name, train.batch_size, train.seq_len + 1)
         return out
 
     return train_it, val_batches

@@ -242,8 +242,9 @@ def _parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
     return "/".join(parts[:2]), (parts[2] if len(parts) == 3 else None), (hf_split or "train")
 
 
-def _open_hf_dataset(spec: str, text_field: str):
-    """Open a streaming Hugging Face dataset (this contacts the hub once, here, so that errors come early)."""
+def _open_hf_dataset(spec: str, text_field: str) -> Callable[[], Iterator[tuple[int, str]]]:
+    """(index, document) of a streaming Hugging Face dataset's non-empty documents, in its fixed order, each time
+    the returned function is called (the hub is contacted once, here, so that errors come early)."""
     repo, config, hf_split = _parse_hf_spec(spec)
     datasets = import_optional("datasets", f"'{spec}' is a Hugging Face dataset: install the 'datasets' "
                                "package (pip install datasets, or attractor_jax[hf])")
@@ -257,10 +258,15 @@ def _open_hf_dataset(spec: str, text_field: str):
         ) from e
     features = getattr(ds, "features", None)
     if features is not None and text_field not in features:
-        raise ValueError(
-            f"Hugging Face dataset '{spec}' has no column '{text_field}' (columns: {list(features)})"
-        )
-    return ds
+        raise ValueError(f"Hugging Face dataset '{spec}' has no column '{text_field}' (columns: {list(features)})")
+
+    def documents() -> Iterator[tuple[int, str]]:
+        for i, ex in enumerate(ds):
+            text = ex.get(text_field)
+            if isinstance(text, str) and text.strip():
+                yield i, text
+
+    return documents
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -383,9 +389,6 @@ class TextCorpusStats:
     num_rows: int | None
     seq_len: int
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 # ----------------------------------------------------------------------------------------------------
 # Map mode: batches computed from their index
@@ -476,15 +479,8 @@ class _StreamTextIterator(TextIterator):
     """Packs a document stream on the fly. `doc_stream(epoch)` must yield this process's documents of that
     epoch in the same order every time it is called; the state is (epoch, document index, token offset)."""
 
-    def __init__(
-        self,
-        doc_stream: Callable[[int], Iterable[str]],
-        tokenizer: Tokenizer,
-        *,
-        seq_len: int,
-        local_batch: int,
-        num_epochs: int | None,
-    ):
+    def __init__(self, doc_stream: Callable[[int], Iterable[str]], tokenizer: Tokenizer, *, seq_len: int,
+                 local_batch: int, num_epochs: int | None):
         super().__init__()
         self._doc_stream = doc_stream
         self._tok = tokenizer
@@ -495,13 +491,6 @@ class _StreamTextIterator(TextIterator):
         self._epoch = self._doc = self._offset = self._batches = 0
         self._docs: Iterator[str] | None = None
         self._cur: np.ndarray | None = None
-
-    def _encode(self, text: str) -> np.ndarray:
-        if isinstance(self._tok, ByteTokenizer):
-            ids = self._tok.encode_array(text)
-        else:
-            ids = self._tok.encode_batch([text])[0]
-        return np.concatenate([ids.astype(np.int32, copy=False), self._eos])
 
     def _load_current(self) -> bool:
         """Make self._cur the document at (epoch, doc); False when the epochs are exhausted."""
@@ -514,7 +503,7 @@ class _StreamTextIterator(TextIterator):
                     pass
             text = next(self._docs, None)
             if text is not None:
-                self._cur = self._encode(text)
+                self._cur = np.concatenate([self._tok.encode_batch([text])[0].astype(np.int32, copy=False), self._eos])
                 return True
             if self._doc == 0:
                 raise ValueError(
@@ -541,13 +530,8 @@ class _StreamTextIterator(TextIterator):
         return lm_batch(out.reshape(self._b, self._row))
 
     def get_state(self) -> dict[str, Any]:
-        return {
-            "epoch": self._epoch,
-            "doc": self._doc,
-            "offset": self._offset,
-            "batches": self._batches,
-            "config": dict(self.config),
-        }
+        return {"epoch": self._epoch, "doc": self._doc, "offset": self._offset, "batches": self._batches,
+                "config": dict(self.config)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         check_state_fingerprint(self.config, state, self.state_kind)
@@ -574,16 +558,8 @@ def _raw_documents(a: _TextArgs) -> Callable[[int], Iterator[tuple[int, str]]]:
     """(key, document) of one epoch of a streamed source: a hub dataset in its fixed order, files in a
     per-epoch order when shuffling (keys: `keyed_documents`)."""
     if _is_hf(a.source):
-        hf_ds = _open_hf_dataset(os.fspath(a.source), a.text_field)
-
-        def hub_epoch(epoch: int) -> Iterator[tuple[int, str]]:
-            del epoch  # the shuffle buffer reshuffles per epoch; the hub order is fixed
-            for i, ex in enumerate(hf_ds):
-                text = ex.get(a.text_field)
-                if isinstance(text, str) and text.strip():
-                    yield i, text
-
-        return hub_epoch
+        hub = _open_hf_dataset(os.fspath(a.source), a.text_field)
+        return lambda epoch: hub()  # the shuffle buffer reshuffles per epoch; the hub order is fixed
     files = resolve_text_files(a.source)
 
     def files_epoch(epoch: int) -> Iterator[tuple[int, str]]:
@@ -598,12 +574,10 @@ def iter_documents(path: PathSpec, *, text_field: str = "text", doc_separator: s
     """The non-empty documents of any source the pipelines read (files, folders, globs, `hf://` datasets), in
     source order, unshuffled and unsplit: what an evaluation scores."""
     if _is_hf(path):
-        for ex in _open_hf_dataset(os.fspath(path), text_field):
-            text = ex.get(text_field)
-            if isinstance(text, str) and text.strip():
-                yield text
-        return
-    for _, text in keyed_documents(resolve_text_files(path), text_field, doc_separator):
+        docs = _open_hf_dataset(os.fspath(path), text_field)()
+    else:
+        docs = keyed_documents(resolve_text_files(path), text_field, doc_separator)
+    for _, text in docs:
         yield text
 
 
@@ -650,18 +624,10 @@ class _TextArgs:
     def fingerprint(self, mode: str) -> dict[str, Any]:
         """The fields of the iterator-state fingerprint that both modes record."""
         tok = self.tokenizer
-        return {
-            "mode": mode,
-            "tokenizer": f"{type(tok).__name__}:{tok.vocab_size}:{tok.eos_id}",
-            "seq_len": self.seq_len,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "split": self.split,
-            "val_fraction": self.val_fraction,
-            "text_field": self.text_field,
-            "doc_separator": self.doc_separator,
-        }
+        return {"mode": mode, "tokenizer": f"{type(tok).__name__}:{tok.vocab_size}:{tok.eos_id}",
+                "seq_len": self.seq_len, "batch_size": self.batch_size, "seed": self.seed, "shuffle": self.shuffle,
+                "split": self.split, "val_fraction": self.val_fraction, "text_field": self.text_field,
+                "doc_separator": self.doc_separator}
 
 
 def _is_hf(path: PathSpec) -> bool:
