@@ -242,7 +242,7 @@ def _parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
     return "/".join(parts[:2]), (parts[2] if len(parts) == 3 else None), (hf_split or "train")
 
 
-def _open_hf_dataset(spec: str, text_field: str) -> Callable[[], Iterator[tuple[int, str]]]:
+def _hub_documents(spec: str, text_field: str) -> Callable[[], Iterator[tuple[int, str]]]:
     """(index, document) of a streaming Hugging Face dataset's non-empty documents, in its fixed order, each time
     the returned function is called (the hub is contacted once, here, so that errors come early)."""
     repo, config, hf_split = _parse_hf_spec(spec)
@@ -503,7 +503,8 @@ class _StreamTextIterator(TextIterator):
                     pass
             text = next(self._docs, None)
             if text is not None:
-                self._cur = np.concatenate([self._tok.encode_batch([text])[0].astype(np.int32, copy=False), self._eos])
+                ids = self._tok.encode_batch([text])[0]
+                self._cur = np.concatenate([ids.astype(np.int32, copy=False), self._eos])
                 return True
             if self._doc == 0:
                 raise ValueError(
@@ -558,7 +559,7 @@ def _raw_documents(a: _TextArgs) -> Callable[[int], Iterator[tuple[int, str]]]:
     """(key, document) of one epoch of a streamed source: a hub dataset in its fixed order, files in a
     per-epoch order when shuffling (keys: `keyed_documents`)."""
     if _is_hf(a.source):
-        hub = _open_hf_dataset(os.fspath(a.source), a.text_field)
+        hub = _hub_documents(os.fspath(a.source), a.text_field)
         return lambda epoch: hub()  # the shuffle buffer reshuffles per epoch; the hub order is fixed
     files = resolve_text_files(a.source)
 
@@ -574,7 +575,7 @@ def iter_documents(path: PathSpec, *, text_field: str = "text", doc_separator: s
     """The non-empty documents of any source the pipelines read (files, folders, globs, `hf://` datasets), in
     source order, unshuffled and unsplit: what an evaluation scores."""
     if _is_hf(path):
-        docs = _open_hf_dataset(os.fspath(path), text_field)()
+        docs = _hub_documents(os.fspath(path), text_field)()
     else:
         docs = keyed_documents(resolve_text_files(path), text_field, doc_separator)
     for _, text in docs:
