@@ -126,9 +126,7 @@ def resolve_text_files(path: PathSpec) -> list[pathlib.Path]:
     out: list[pathlib.Path] = []
     for item in _as_list(path):
         if item.startswith(HF_PREFIX):
-            raise ValueError(
-                f"'{item}' is a Hugging Face dataset, not a local path; it cannot be mixed with files"
-            )
+            raise ValueError(f"'{item}' is a Hugging Face dataset, not a local path; it cannot be mixed with files")
         if any(ch in item for ch in "*?["):
             matches = sorted(glob.glob(item, recursive=True))
             files = [pathlib.Path(m) for m in matches if os.path.isfile(m) and _suffix(m)]
@@ -138,13 +136,8 @@ def resolve_text_files(path: PathSpec) -> list[pathlib.Path]:
             continue
         p = pathlib.Path(item).expanduser()
         if p.is_dir():
-            files = sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file()
-                and _suffix(f.name)
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
+            files = sorted(f for f in p.rglob("*") if f.is_file() and _suffix(f.name)
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
             if not files:
                 raise FileNotFoundError(f"directory '{p}' contains no {'/'.join(SUPPORTED_SUFFIXES)} files")
             out.extend(files)
@@ -236,9 +229,7 @@ def _parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
     body, _, hf_split = body.partition(":")
     parts = [p for p in body.split("/") if p]
     if len(parts) not in (2, 3):
-        raise ValueError(
-            f"bad Hugging Face dataset spec '{spec}': expected {HF_PREFIX}OWNER/NAME[/CONFIG][:SPLIT]"
-        )
+        raise ValueError(f"bad Hugging Face dataset spec '{spec}': expected {HF_PREFIX}OWNER/NAME[/CONFIG][:SPLIT]")
     return "/".join(parts[:2]), (parts[2] if len(parts) == 3 else None), (hf_split or "train")
 
 
@@ -336,9 +327,7 @@ def _tokenizer_key(tok: Tokenizer) -> Any:
         return (type(tok).__name__, spec)
 
 
-def _load_corpus(
-    files: list[pathlib.Path], tok: Tokenizer, text_field: str, doc_separator: str | None
-) -> _Corpus:
+def _load_corpus(files: list[pathlib.Path], tok: Tokenizer, text_field: str, doc_separator: str | None) -> _Corpus:
     """Read and tokenise every file (cached per process on file identity, tokenizer and options)."""
 
     def read() -> _Corpus:
@@ -669,9 +658,7 @@ def _select_source(path: PathSpec, split: str, val_fraction: float, val_path: Pa
     return split, path, float(val_fraction)
 
 
-def _load_split(
-    source: PathSpec, split: str, val_fraction: float, tok: Tokenizer, text_field: str, doc_separator
-):
+def _load_split(source: PathSpec, split: str, val_fraction: float, tok: Tokenizer, text_field: str, doc_separator):
     corpus = _load_corpus(resolve_text_files(source), tok, text_field, doc_separator)
     if val_fraction > 0:
         corpus = _split_corpus(corpus, split, val_fraction)

@@ -187,10 +187,6 @@ class PuzzleIterator(GrainWrapper, grain.DatasetIterator):
     config: dict[str, Any]
     state_kind = "puzzle"
 
-    @property
-    def batches_per_epoch(self) -> float:
-        return self.epoch_examples / self.batch_size
-
     def __str__(self) -> str:
         return (
             f"PuzzleIterator({self.split}, seq_len={self.metadata.seq_len}, "
