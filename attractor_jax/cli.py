@@ -171,7 +171,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
     import time
 
     from attractor_jax.data import puzzles as pz
-    from attractor_jax.data.puzzles.common import check_output_free, rating_summary
+    from attractor_jax.data.common import check_output_free
+    from attractor_jax.data.puzzles.common import rating_summary
 
     t0 = time.time()
     if args.data_command in ("sudoku", "maze", "arc"):

@@ -1,14 +1,19 @@
 """What the data modules share: integer argument checks, the split of a global batch over processes, grain's
-prefetching iterator over a random-access batch source, language-model rows as (inputs, targets), and the
-fingerprint check that keeps one pipeline's iterator state out of another."""
+prefetching iterator over a random-access batch source, language-model rows as (inputs, targets), the
+fingerprint check that keeps one pipeline's iterator state out of another, and atomic writes of outputs."""
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib
+import os
+import pathlib
+import shutil
 import sys
+import tempfile
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import grain
 import numpy as np
@@ -17,8 +22,12 @@ __all__ = [
     "BatchSource",
     "GrainWrapper",
     "LruCache",
+    "atomic_path",
+    "check_batching",
     "check_int",
+    "check_output_free",
     "check_state_fingerprint",
+    "default_epochs",
     "import_optional",
     "lm_batch",
     "local_batch_size",
@@ -69,6 +78,22 @@ def local_batch_size(batch_size: int, process_count: int) -> int:
             f"batch_size={batch_size} is invalid: expected a multiple of process_count={process_count}"
         )
     return batch_size // process_count
+
+
+def check_batching(batch_size: Any, seed: Any, process_index: int | None, process_count: int | None
+                   ) -> tuple[int, int, int, int, int]:
+    """A pipeline's checked (batch_size, seed, process_index, process_count, local batch size): `batch_size`
+    is the global batch, which must split evenly over the processes (`resolve_process`, `local_batch_size`)."""
+    batch_size, seed = check_int("batch_size", batch_size, 1), check_int("seed", seed, 0)
+    process_index, process_count = resolve_process(process_index, process_count)
+    return batch_size, seed, process_index, process_count, local_batch_size(batch_size, process_count)
+
+
+def default_epochs(num_epochs: Any, finite: bool) -> int | None:
+    """Checked `num_epochs` (>= 1); None gives 1 for a `finite` pass (evaluation), else None (repeat)."""
+    if num_epochs is not None:
+        return check_int("num_epochs", num_epochs, 1)
+    return 1 if finite else None
 
 
 def prefetching_iterator(source: Any, prefetch: int) -> grain.DatasetIterator:
@@ -164,3 +189,51 @@ class GrainWrapper:
     def set_state(self, state: dict[str, Any]) -> None:
         check_state_fingerprint(self.config, state, self.state_kind, required=("grain", "config"))
         self._parent.set_state(state["grain"])
+
+
+def check_output_free(output: str | os.PathLike, overwrite: bool) -> None:
+    """Fail before any work when the output exists (and overwrite is off) or cannot be created."""
+    out = pathlib.Path(output).expanduser()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"output '{out}' already exists (pass --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"output folder '{out.parent}' does not exist")
+
+
+@contextlib.contextmanager
+def atomic_path(
+    path: str | os.PathLike, *, directory: bool = False, overwrite: bool = True
+) -> Iterator[pathlib.Path]:
+    """Yield a temporary sibling of `path`; on success rename it onto `path`, on error remove it. With
+    overwrite=False an existing `path` is an error, raised before anything is written."""
+    check_output_free(path, overwrite)
+    path = pathlib.Path(path).expanduser()
+    parent = path.parent
+    if directory:
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is not
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
+        os.close(fd)
+        tmp = pathlib.Path(name)
+    try:
+        yield tmp
+        if directory:
+            old = None
+            if path.exists():
+                if not overwrite:
+                    raise FileExistsError(f"output '{path}' appeared while building; not replacing it")
+                old = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
+                os.rename(path, old / "x")
+            os.rename(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        raise

@@ -1,7 +1,6 @@
 """seqio Tasks and Mixtures for the language and puzzle data, and a bridge from any seqio Task or Mixture to
-the trainer. Optional: grain stays the default pipeline; this module needs `pip install
-'attractor_jax[seqio]'` (seqio, TensorFlow, tensorflow-text). Importing `attractor_jax` or
-`attractor_jax.data` never imports it, and this module imports seqio/TensorFlow only inside its functions.
+the trainer (docs/seqio.md is the guide). Optional: grain stays the default pipeline; this module needs `pip install
+'attractor_jax[seqio]'`, and imports seqio/TensorFlow only inside its functions (never on `import attractor_jax`).
 
     from attractor_jax.data import seqio_tasks as st
     lm = st.register_text_task("shakespeare", "data/tinyshakespeare.txt")     # -> "attractor_jax.shakespeare"
@@ -9,45 +8,13 @@ the trainer. Optional: grain stays the default pipeline; this module needs `pip 
     it = st.make_seqio_pipeline(lm, seq_len=256, batch_size=8, seed=0)   # {"inputs", "targets"}: int32 [b, T]
     attractor-jax train --preset attractor-tiny --data seqio:attractor_jax.shakespeare --workdir runs/x
 
-**Tasks** (names are prefixed `attractor_jax.`):
-
-* `register_text_task(name, path)`: language modelling from text files (`.txt`, `.jsonl`, `.parquet`,
-  folders and globs, read exactly as `make_text_pipeline` reads them). One example per document, feature
-  `targets` = its token ids followed by EOS. The vocabulary is `make_vocabulary(tokenizer)`: `"byte"`
-  (default) is `ByteVocabulary`, identical to `make_tokenizer("byte")` (UTF-8 bytes, vocab 256, EOS = 0, NUL
-  characters dropped); a `.model` path is `seqio.SentencePieceVocabulary`. Splits: "train", and "validation"
-  when `val_path` (its documents) or `val_fraction` f is given (document k of a file, counted with the file
-  index added as grain's streaming mode does, is held out when k mod round(1/f) == round(1/f) - 1).
-* `register_puzzle_task(name, path)`: a built Sudoku / Maze / ARC dataset (TRM/HRM layout: `train/`, `test/`
-  with dataset.json and the all__*.npy arrays). One example per stored example: `inputs` and `targets` int32
-  [L] (targets hold IGNORE_LABEL_ID = -100 where the label is the dataset's ignore_label_id, as the grain
-  puzzle pipeline's `labels` do) and `puzzle_identifiers` int32 scalar. Splits "train" and "test".
-* `register_mixture(name, tasks, rates)`: a `seqio.Mixture` of registered tasks.
-* `register_tasks(text=..., puzzles=..., mixture=...)`: all of the above in one call.
-
-**The bridge**: `make_seqio_pipeline(name, seq_len=, batch_size=, seed=)` turns a Task or Mixture whose
-`targets` feature holds 1-D token ids into `{"inputs", "targets"}` int32 [batch_size / P, seq_len] batches
-packed exactly as `make_text_pipeline` packs them: the examples' tokens are concatenated (each already ends
-with EOS when the feature has add_eos) and cut into rows of seq_len + 1 tokens; `inputs = row[:-1]`, `targets
-= row[1:]`. Sharding is seqio's: `seqio.ShardInfo(process_index, process_count)` (example i goes to process i
-mod P). Shuffling is seqio's too (the Task's shuffle buffer, seeded with `seed`; `shuffle=False` keeps the
-stored order). With `shuffle=False` the token arrays equal those of `make_text_pipeline(path, streaming=True,
-shuffle=False)` batch for batch, across epochs and for any process count. seqio shuffles whole examples
-(documents), so a corpus of one document (tinyshakespeare) is read in the same order every epoch; grain's
-default map mode, which shuffles rows, suits such a corpus better.
-
-The iterator is a grain `DatasetIterator` with the text iterators' interface: `get_state()` is a small JSON
-dict (examples consumed, tokens consumed of the next example, batches, and the pipeline's fingerprint), so
-`grain.checkpoint.CheckpointSave(it)` stores it in the orbax checkpoint; `set_state()` re-creates the
-deterministic seqio dataset and skips the consumed examples (the skipped examples are read and preprocessed
-again: restoring costs time proportional to the position within the data, not to the batches).
-`make_seqio_puzzle_pipeline` is the same for puzzle tasks: batches like `make_puzzle_pipeline`'s.
-
-**Trainer**: `--data seqio:NAME` trains on a registered Task or Mixture NAME; its "validation" split (when it
-has one) is the validation data. Before the name is looked up, the modules named in the environment variable
-`ATTRACTOR_JAX_SEQIO_MODULES` (comma-separated, e.g. `my_project.tasks`) are imported, so that they register
-their tasks. `--data seqio:attractor_jax.text:PATH` registers a built-in text task for PATH on the fly, with
-the run's `data.tokenizer`, `data.val_fraction` / `data.val_path` and `data.text_field`.
+A text task has one example per document (`targets` = its token ids + EOS), read as `make_text_pipeline` reads
+files; with `val_fraction` f, document k of a file (counted with the file index added, as grain's streaming mode
+does) is held out when k mod round(1/f) == round(1/f) - 1. `make_seqio_pipeline` packs the examples exactly as
+`make_text_pipeline` packs documents (unshuffled: the arrays of `make_text_pipeline(path, streaming=True,
+shuffle=False)`, for any process count); `make_seqio_puzzle_pipeline` batches a puzzle task like
+`make_puzzle_pipeline`. Their state is (examples consumed, tokens consumed of the next one, batches, fingerprint);
+`set_state` rebuilds the deterministic dataset and skips the consumed examples.
 """
 
 from __future__ import annotations
@@ -66,13 +33,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import grain
 import numpy as np
 
-from attractor_jax.data.common import (
-    check_int,
-    check_state_fingerprint,
-    lm_batch,
-    local_batch_size,
-    resolve_process,
-)
+from attractor_jax.data.common import check_batching, check_int, check_state_fingerprint, default_epochs, lm_batch
 from attractor_jax.data.text import (
     PathSpec,
     check_val_options,
@@ -143,11 +104,6 @@ def import_seqio():
     return seqio, tf
 
 
-def _no_autograph(fn):
-    _, tf = import_seqio()
-    return tf.autograph.experimental.do_not_convert(fn)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Vocabularies
 # ----------------------------------------------------------------------------------------------------
@@ -158,9 +114,7 @@ def _byte_vocabulary_class():
     seqio, tf = import_seqio()
     from attractor_jax.data.tokenizers import ByteTokenizer
 
-    table = tf.constant(
-        [b""] + [bytes([i]) for i in range(1, 256)]
-    )  # id 0 (EOS, and seqio's PAD) decodes to ""
+    table = tf.constant([b""] + [bytes([i]) for i in range(1, 256)])  # id 0 (EOS, and seqio's PAD) decodes to ""
 
     class ByteVocabulary(seqio.Vocabulary):
         """attractor_jax's byte tokenizer as a seqio Vocabulary: ids are the UTF-8 bytes of the text (vocab
@@ -230,11 +184,7 @@ def make_vocabulary(tokenizer: Any = "byte"):
     seqio, _ = import_seqio()
     if isinstance(tokenizer, seqio.Vocabulary):
         return tokenizer
-    spec = (
-        os.fspath(tokenizer)
-        if isinstance(tokenizer, (str, os.PathLike))
-        else getattr(tokenizer, "spec", None)
-    )
+    spec = os.fspath(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else getattr(tokenizer, "spec", None)
     if spec == "byte":
         return byte_vocabulary()
     if isinstance(spec, str) and spec.endswith(".model"):
@@ -267,9 +217,7 @@ def _add(registry, name: str, overwrite: bool, *args: Any, **kwargs: Any) -> str
     seqio, _ = import_seqio()
     if name in registry.names():
         if not overwrite:
-            raise ValueError(
-                f"seqio provider '{name}' is already registered (pass overwrite=True to replace it)"
-            )
+            raise ValueError(f"seqio provider '{name}' is already registered (pass overwrite=True to replace it)")
         registry.remove(name)
     if name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names():
         raise ValueError(f"'{name}' is already registered as a seqio Task or Mixture")
@@ -366,7 +314,7 @@ def _text_dataset_fn(full: str, splits: list[str], documents: Callable[[str], It
         ds = tf.data.Dataset.from_generator(
             lambda: chunks(split), output_signature=tf.TensorSpec((None,), tf.string)
         ).unbatch()
-        return ds.map(_no_autograph(lambda t: {"text": t}))
+        return ds.map(tf.autograph.experimental.do_not_convert(lambda t: {"text": t}))
 
     return dataset_fn
 
@@ -389,9 +337,7 @@ def register_puzzle_task(
     root = pathlib.Path(path).expanduser()
     splits = [s for s in ("train", "test") if (root / s / "dataset.json").is_file()]
     if not splits:
-        raise FileNotFoundError(
-            f"'{root}' is not a built puzzle dataset: no train/ or test/ with dataset.json"
-        )
+        raise FileNotFoundError(f"'{root}' is not a built puzzle dataset: no train/ or test/ with dataset.json")
     metas = {s: load_puzzle_split(root, s, set_name) for s in splits}  # validates the arrays now
     seq_len = {m.metadata.seq_len for m in metas.values()}
     vocab = {m.metadata.vocab_size for m in metas.values()}
@@ -423,24 +369,14 @@ def register_puzzle_task(
 
 def _puzzle_chunks(root: pathlib.Path, split: str, set_name: str | None, chunk: int = 4096
                    ) -> Iterator[dict[str, np.ndarray]]:
-    """The examples of a built puzzle split in stored order, `chunk` at a time, as int32 `inputs`, `targets`
-    (IGNORE_LABEL_ID where the label is the dataset's ignore_label_id) and `puzzle_identifiers`."""
-    from attractor_jax.data.puzzles.common import IGNORE_LABEL_ID
+    """The examples of a built puzzle split in stored order, `chunk` at a time, as the puzzle pipeline reads
+    them (`PuzzleSplit.examples`), the labels named `targets`."""
     from attractor_jax.data.puzzles.reader import load_puzzle_split
 
     d = load_puzzle_split(root, split, set_name)
-    ignore = d.metadata.ignore_label_id
     for lo in range(0, d.num_examples, chunk):
-        hi = min(lo + chunk, d.num_examples)
-        labels = np.asarray(d.labels[lo:hi], np.int32)
-        if ignore is not None:
-            labels[labels == ignore] = IGNORE_LABEL_ID
-        puz = np.searchsorted(d.puzzle_indices, np.arange(lo, hi), side="right") - 1
-        yield {
-            "inputs": np.asarray(d.inputs[lo:hi], np.int32),
-            "targets": labels,
-            "puzzle_identifiers": d.puzzle_identifiers[puz].astype(np.int32),
-        }
+        b = d.examples(np.arange(lo, min(lo + chunk, d.num_examples)))
+        yield {"inputs": b["inputs"], "targets": b["labels"], "puzzle_identifiers": b["puzzle_identifiers"]}
 
 
 def register_mixture(
@@ -543,20 +479,12 @@ def resolve_seqio_spec(
         full = _text_spec_name(path, tokenizer, val_fraction, val_path, text_field)
         seqio, _ = import_seqio()
         if full not in seqio.TaskRegistry.names():
-            register_text_task(
-                full,
-                path,
-                tokenizer=tokenizer,
-                val_fraction=val_fraction,
-                val_path=val_path,
-                text_field=text_field,
-            )
+            register_text_task(full, path, tokenizer=tokenizer, val_fraction=val_fraction, val_path=val_path,
+                               text_field=text_field)
         return full
     if val_path is not None:
-        raise ValueError(
-            f"data.val_path applies to {SEQIO_PREFIX}{TEXT_SPEC_PREFIX}PATH only; the task "
-            f"'{name}' brings its own 'validation' split"
-        )
+        raise ValueError(f"data.val_path applies to {SEQIO_PREFIX}{TEXT_SPEC_PREFIX}PATH only; the task "
+                         f"'{name}' brings its own 'validation' split")
     get_provider(name)
     return name
 
@@ -568,11 +496,8 @@ def get_provider(name: str):
     try:
         return seqio.get_mixture_or_task(name)
     except ValueError:
-        ours = sorted(
-            n
-            for n in (*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names())
-            if n.startswith(TASK_PREFIX)
-        )
+        ours = sorted(n for n in (*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names())
+                      if n.startswith(TASK_PREFIX))
         raise ValueError(
             f"no seqio Task or Mixture named '{name}' is registered: import the module that registers it by "
             f"listing it in {ENV_MODULES}=my_project.tasks (comma-separated), or use "
@@ -581,18 +506,17 @@ def get_provider(name: str):
         ) from None
 
 
-def _check_feature(provider, feature: str, rank: int) -> Any:
+def _check_feature(provider, feature: str) -> Any:
+    """The output feature `feature` of `provider`, which must hold rank-1 integer token ids."""
     feats = provider.output_features
     if feature not in feats:
         raise ValueError(
             f"seqio provider '{provider.name}' has no output feature '{feature}' (features: {sorted(feats)})"
         )
     f = feats[feature]
-    if f.rank != rank or not f.dtype.is_integer:
-        raise ValueError(
-            f"feature '{feature}' of '{provider.name}' must hold rank-{rank} integer token ids, "
-            f"got rank {f.rank} {f.dtype.name}"
-        )
+    if f.rank != 1 or not f.dtype.is_integer:
+        raise ValueError(f"feature '{feature}' of '{provider.name}' must hold rank-1 integer token ids, "
+                         f"got rank {f.rank} {f.dtype.name}")
     return f
 
 
@@ -611,56 +535,50 @@ class SeqioIterator(grain.DatasetIterator):
     `num_batches` (None: unknown/unbounded), `config` (the fingerprint), `provider` (the seqio Task/Mixture).
     """
 
-    def __init__(
-        self,
-        make_dataset: Callable[[int], Any],
-        *,
-        mode: str,
-        local_batch: int,
-        seq_len: int | None,
-        config: dict[str, Any],
-        pad_final: bool = False,
-    ):
+    def __init__(self, make_dataset: Callable[[int], Any], *, mode: str, local_batch: int, seq_len: int | None,
+                 config: dict[str, Any], pad_final: bool = False):
         super().__init__()
         self._make_dataset = make_dataset
         self._mode, self._b, self._row = mode, local_batch, (seq_len + 1 if seq_len else None)
         self._pad_final = pad_final
         self.config = config
-        self._examples = 0  # examples fully consumed
-        self._offset = 0  # tokens consumed of the next example (lm mode)
-        self._batches = 0
-        self._it = None
+        self._restart(0, 0, 0)
+
+    def _restart(self, examples: int, offset: int, batches: int) -> None:
+        """Resume after `examples` examples, `offset` tokens of the next one (lm mode) and `batches` batches;
+        the dataset is rebuilt on the next batch."""
+        self._examples, self._offset, self._batches = examples, offset, batches
+        self._it, self._done = None, False
         self._buf = np.zeros((0,), np.int32)  # lm: tokens of the current chunk from position _pos
         self._ends = np.zeros((0,), np.int64)  # lm: end offsets (in _buf) of the chunk's examples
         self._pos = 0
         self._base = 0  # lm: examples before the current chunk
-        self._done = False
+
+    def _next_element(self) -> dict[str, np.ndarray] | None:
+        """The dataset's next element (the dataset built first after a (re)start); None at the end."""
+        if self._done:
+            return None
+        if self._it is None:
+            self._it = iter(self._make_dataset(self._examples).as_numpy_iterator())
+        element = next(self._it, None)
+        self._done = element is None
+        return element
 
     # -- lm ------------------------------------------------------------------------------------------
     def _refill(self) -> bool:
         """Load the next chunk of examples (after a (re)start, the first one skipping the `_offset` tokens
         already consumed of it); False at the end of the data."""
-        if self._done:
-            return False
         restart = self._it is None
         if restart:
-            self._it = iter(self._make_dataset(self._examples).as_numpy_iterator())
             self._base, self._ends = self._examples, np.zeros((0,), np.int64)
-        chunk = next(self._it, None)
+        chunk = self._next_element()
         if chunk is None:
-            self._done = True
             return False
         self._base += len(self._ends)
         self._buf = np.asarray(chunk["values"], np.int32)
         self._ends = np.cumsum(chunk["lengths"]).astype(np.int64)
         self._pos = self._offset if restart else 0
         return True
-
-    def _sync_position(self) -> None:
-        """(examples consumed, offset into the next one) from the chunk position."""
-        k = int(np.searchsorted(self._ends, self._pos, side="right"))
-        self._examples = self._base + k
-        self._offset = self._pos - (int(self._ends[k - 1]) if k else 0)
 
     def _next_lm(self) -> dict[str, np.ndarray]:
         need = self._b * self._row
@@ -673,39 +591,28 @@ class SeqioIterator(grain.DatasetIterator):
             out[filled : filled + take] = self._buf[self._pos : self._pos + take]
             filled += take
             self._pos += take
-        self._sync_position()
+        # (examples consumed, offset into the next one) from the chunk position
+        k = int(np.searchsorted(self._ends, self._pos, side="right"))
+        self._examples = self._base + k
+        self._offset = self._pos - (int(self._ends[k - 1]) if k else 0)
         return lm_batch(out.reshape(self._b, self._row))
 
     # -- puzzles ---------------------------------------------------------------------------------------
     def _next_puzzle(self) -> dict[str, np.ndarray]:
-        if self._it is None:
-            if self._done:
-                raise StopIteration
-            self._it = iter(self._make_dataset(self._examples).as_numpy_iterator())
-        batch = next(self._it, None)
+        batch = self._next_element()
         if batch is None:
-            self._done = True
             raise StopIteration
         n = len(batch["inputs"])
         self._examples += n
-        valid = np.ones(self._b, bool)
-        if n < self._b:
-            if not self._pad_final:
-                self._done = True
-                raise StopIteration
-            valid[n:] = False
-            fill = {"inputs": 0, "targets": -100, "puzzle_identifiers": 0}  # PAD, IGNORE_LABEL_ID, blank id
-            batch = {
-                k: np.concatenate([v, np.full((self._b - n,) + v.shape[1:], fill[k], v.dtype)])
-                for k, v in batch.items()
-            }
+        if n < self._b:  # the final batch: padded, or dropped
             self._done = True
-        return {
-            "inputs": batch["inputs"].astype(np.int32),
-            "labels": batch["targets"].astype(np.int32),
-            "puzzle_identifiers": batch["puzzle_identifiers"].astype(np.int32),
-            "mask": valid,
-        }
+            if not self._pad_final:
+                raise StopIteration
+            fill = {"inputs": 0, "targets": -100, "puzzle_identifiers": 0}  # PAD, IGNORE_LABEL_ID, blank id
+            batch = {k: np.concatenate([v, np.full((self._b - n,) + v.shape[1:], fill[k], v.dtype)])
+                     for k, v in batch.items()}
+        return {"inputs": batch["inputs"].astype(np.int32), "labels": batch["targets"].astype(np.int32),
+                "puzzle_identifiers": batch["puzzle_identifiers"].astype(np.int32), "mask": np.arange(self._b) < n}
 
     # -- interface -----------------------------------------------------------------------------------
     def __next__(self) -> dict[str, np.ndarray]:
@@ -715,27 +622,16 @@ class SeqioIterator(grain.DatasetIterator):
         return out
 
     def get_state(self) -> dict[str, Any]:
-        return {
-            "examples": int(self._examples),
-            "offset": int(self._offset),
-            "batches": int(self._batches),
-            "config": dict(self.config),
-        }
+        return {"examples": int(self._examples), "offset": int(self._offset), "batches": int(self._batches),
+                "config": dict(self.config)}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        check_state_fingerprint(
-            self.config, state, "seqio", required=("examples", "offset", "batches", "config")
-        )
-        self._examples, self._offset = int(state["examples"]), int(state["offset"])
-        self._batches = int(state["batches"])
-        self._it, self._done = None, False
-        self._buf, self._ends, self._pos = np.zeros((0,), np.int32), np.zeros((0,), np.int64), 0
+        check_state_fingerprint(self.config, state, "seqio", required=("examples", "offset", "batches", "config"))
+        self._restart(int(state["examples"]), int(state["offset"]), int(state["batches"]))
 
     def __str__(self) -> str:
-        return (
-            f"SeqioIterator({self.config.get('name')}, {self.config.get('split')}, "
-            f"batch={self._b}/{self.config.get('batch_size')})"
-        )
+        config = self.config
+        return f"SeqioIterator({config.get('name')}, {config.get('split')}, batch={self._b}/{config.get('batch_size')})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -749,32 +645,43 @@ class _Bridge:
     seed: int
     process_index: int
     process_count: int
-    shuffle: bool = False
-    num_epochs: int | None = None
+    shuffle: bool
+    num_epochs: int | None
+
+    @classmethod
+    def open(cls, name, split, batch_size, seed, process_index, process_count, shuffle, num_epochs) -> "_Bridge":
+        """The checked arguments; the global batch must split evenly over the processes and the split must
+        exist."""
+        import_seqio()
+        batch_size, seed, pidx, pcount, _ = check_batching(batch_size, seed, process_index, process_count)
+        provider = get_provider(name)
+        if split not in provider.splits:
+            raise ValueError(f"seqio provider '{name}' has no split '{split}' (splits: {list(provider.splits)})")
+        return cls(name, split, provider, batch_size, seed, pidx, pcount, shuffle, num_epochs)
 
     @property
     def local_batch(self) -> int:
         return self.batch_size // self.process_count
 
-    def datasets(self, passthrough: Sequence[str] = ()) -> Callable[[int], Any]:
-        """make(skip): the split as this process reads it (`seqio.ShardInfo`), its first `skip` examples
-        skipped; `passthrough` features survive a Mixture."""
-        seqio, _ = import_seqio()
+    def iterator(self, select: Callable, batch: Callable[[Any], Any], kind: str, fields: dict,
+                 passthrough: Sequence[str] = (), **kw: Any) -> SeqioIterator:
+        """The SeqioIterator over the split as this process reads it (`seqio.ShardInfo`), each example mapped
+        by `select`, then batched by `batch`; `passthrough` features survive a Mixture. Its fingerprint is the
+        bridge's arguments and `fields`."""
+        seqio, tf = import_seqio()
         shard = seqio.ShardInfo(self.process_index, self.process_count) if self.process_count > 1 else None
         kwargs: dict[str, Any] = dict(sequence_length=None, split=self.split, use_cached=False,
                                       shuffle=self.shuffle, seed=self.seed, shard_info=shard,
                                       num_epochs=self.num_epochs)
         if isinstance(self.provider, seqio.Mixture) and passthrough:
             kwargs["passthrough_features"] = list(passthrough)
+        select = tf.autograph.experimental.do_not_convert(select)
 
         def make(skip: int):
             ds = self.provider.get_dataset(**kwargs)
-            return ds.skip(skip) if skip else ds
+            ds = (ds.skip(skip) if skip else ds).map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            return batch(ds).prefetch(tf.data.AUTOTUNE)
 
-        return make
-
-    def iterator(self, make: Callable[[int], Any], kind: str, fields: dict, **kw: Any) -> SeqioIterator:
-        """The SeqioIterator over `make`, its fingerprint the bridge's arguments and `fields`."""
         config = {"kind": kind, "name": self.name, "split": self.split, **fields,
                   "batch_size": self.batch_size, "seed": self.seed, "shuffle": self.shuffle,
                   "num_epochs": self.num_epochs, "process_index": self.process_index,
@@ -783,20 +690,6 @@ class _Bridge:
         it.provider, it.batch_size, it.local_batch_size = self.provider, self.batch_size, self.local_batch
         it.num_batches = None
         return it
-
-
-def _open_provider(name, split, batch_size, seed, process_index, process_count) -> _Bridge:
-    """The checked arguments of a seqio pipeline; the global batch must split evenly over the processes and
-    the split must exist."""
-    import_seqio()
-    batch_size = check_int("batch_size", batch_size, 1)
-    seed = check_int("seed", seed, 0)
-    pidx, pcount = resolve_process(process_index, process_count)
-    local_batch_size(batch_size, pcount)
-    provider = get_provider(name)
-    if split not in provider.splits:
-        raise ValueError(f"seqio provider '{name}' has no split '{split}' (splits: {list(provider.splits)})")
-    return _Bridge(name, split, provider, batch_size, seed, pidx, pcount)
 
 
 def make_seqio_pipeline(
@@ -817,31 +710,16 @@ def make_seqio_pipeline(
     default None (repeat forever) for "train", else 1 (a final partial batch is dropped). batch_size is
     global; process p of P reads `seqio.ShardInfo(p, P)`."""
     seq_len = check_int("seq_len", seq_len, 1)
-    bridge = _open_provider(name, split, batch_size, seed, process_index, process_count)
-    feat = _check_feature(bridge.provider, feature, 1)
-    if num_epochs is None and split != "train":
-        num_epochs = 1
-    if num_epochs is not None:
-        num_epochs = check_int("num_epochs", num_epochs, 1)
     shuffle = split == "train" if shuffle is None else bool(shuffle)
-    bridge = dataclasses.replace(bridge, shuffle=shuffle, num_epochs=num_epochs)
-    base = bridge.datasets()
+    bridge = _Bridge.open(name, split, batch_size, seed, process_index, process_count, shuffle,
+                          default_epochs(num_epochs, finite=split != "train"))
+    feat = _check_feature(bridge.provider, feature)
     _, tf = import_seqio()
-
-    @tf.autograph.experimental.do_not_convert
-    def to_chunk(r):
-        return {"values": tf.cast(r.flat_values, tf.int32), "lengths": r.row_lengths()}
-
-    @tf.autograph.experimental.do_not_convert
-    def select(ex):
-        return ex[feature]
-
-    def make(skip: int):
-        ds = base(skip).map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.ragged_batch(_CHUNK).map(to_chunk).prefetch(tf.data.AUTOTUNE)
-
+    to_chunk = tf.autograph.experimental.do_not_convert(
+        lambda r: {"values": tf.cast(r.flat_values, tf.int32), "lengths": r.row_lengths()})
     fields = {"feature": feature, "vocab": _vocab_id(feat.vocabulary), "seq_len": seq_len}
-    it = bridge.iterator(make, "seqio-lm", fields, mode="lm", seq_len=seq_len)
+    it = bridge.iterator(lambda ex: ex[feature], lambda ds: ds.ragged_batch(_CHUNK).map(to_chunk), "seqio-lm",
+                         fields, mode="lm", seq_len=seq_len)
     it.seq_len, it.vocabulary = seq_len, feat.vocabulary
     return it
 
@@ -861,26 +739,15 @@ def make_seqio_puzzle_pipeline(
     shaped as `make_puzzle_pipeline`'s: `inputs`, `labels` int32 [b, L], `puzzle_identifiers` int32 [b],
     `mask` bool [b]. shuffle: default True for "train" (seqio's shuffle buffer, not TRM's group sampling).
     num_epochs: default None (repeat) when shuffling, else 1, with the final batch padded (mask False)."""
-    bridge = _open_provider(name, split, batch_size, seed, process_index, process_count)
-    for f in ("inputs", "targets"):
-        _check_feature(bridge.provider, f, 1)
     shuffle = split == "train" if shuffle is None else bool(shuffle)
-    if num_epochs is None and not shuffle:
-        num_epochs = 1
-    bridge = dataclasses.replace(bridge, shuffle=shuffle, num_epochs=num_epochs)
-    base = bridge.datasets(passthrough=("puzzle_identifiers",))
-    _, tf = import_seqio()
+    bridge = _Bridge.open(name, split, batch_size, seed, process_index, process_count, shuffle,
+                          default_epochs(num_epochs, finite=not shuffle))
+    for f in ("inputs", "targets"):
+        _check_feature(bridge.provider, f)
     keys = ("inputs", "targets", "puzzle_identifiers")
-
-    @tf.autograph.experimental.do_not_convert
-    def select(ex):
-        return {k: ex[k] for k in keys}
-
-    def make(skip: int):
-        ds = base(skip).map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(bridge.local_batch).prefetch(tf.data.AUTOTUNE)
-
-    it = bridge.iterator(make, "seqio-puzzle", {}, mode="puzzle", seq_len=None, pad_final=not shuffle)
+    it = bridge.iterator(lambda ex: {k: ex[k] for k in keys}, lambda ds: ds.batch(bridge.local_batch),
+                         "seqio-puzzle", {}, passthrough=("puzzle_identifiers",), mode="puzzle", seq_len=None,
+                         pad_final=not shuffle)
     it.split = split
     return it
 
@@ -905,7 +772,7 @@ def check_seqio_data(data: Any, *, seq_len: int, batch_size: int) -> int:
     provider = get_provider(name)
     if "train" not in provider.splits:
         raise ValueError(f"seqio provider '{name}' has no 'train' split (splits: {list(provider.splits)})")
-    return int(_check_feature(provider, "targets", 1).vocabulary.vocab_size)
+    return int(_check_feature(provider, "targets").vocabulary.vocab_size)
 
 
 def make_seqio_pipelines(data: Any, train: Any, process_index: int, process_count: int):
@@ -913,33 +780,17 @@ def make_seqio_pipelines(data: Any, train: Any, process_index: int, process_coun
     the first `train.eval_batches` of the provider's "validation" split (none when it has no such split or the
     split is empty)."""
     name = _resolve_data_spec(data)
-    common = dict(
-        seq_len=train.seq_len,
-        batch_size=train.batch_size,
-        seed=train.seed,
-        process_index=process_index,
-        process_count=process_count,
-    )
+    common = dict(seq_len=train.seq_len, batch_size=train.batch_size, seed=train.seed, process_index=process_index,
+                  process_count=process_count)
     train_it = make_seqio_pipeline(name, split="train", **common)
 
     def val_batches() -> list[dict[str, np.ndarray]]:
         if "validation" not in get_provider(name).splits:
             return []
-        it = make_seqio_pipeline(name, split="validation", **common)
-        out = []
-        for _ in range(train.eval_batches):
-            b = next(it, None)
-            if b is None:
-                break
-            out.append(b)
+        out = list(itertools.islice(make_seqio_pipeline(name, split="validation", **common), train.eval_batches))
         if not out:
-            log.warning(
-                "seqio provider '%s': the validation split holds fewer than one batch of %d x %d tokens; "
-                "no validation",
-                name,
-                train.batch_size,
-                train.seq_len + 1,
-            )
+            log.warning("seqio provider '%s': the validation split holds fewer than one batch of %d x %d tokens; "
+                        "no validation", name, train.batch_size, train.seq_len + 1)
         return out
 
     return train_it, val_batches

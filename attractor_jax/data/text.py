@@ -61,13 +61,13 @@ from attractor_jax.data.common import (
     BatchSource,
     GrainWrapper,
     LruCache,
+    check_batching,
     check_int,
     check_state_fingerprint,
+    default_epochs,
     import_optional,
     lm_batch,
-    local_batch_size,
     prefetching_iterator,
-    resolve_process,
 )
 from attractor_jax.data.tokenizers import ByteTokenizer, Tokenizer, make_tokenizer
 
@@ -126,9 +126,7 @@ def resolve_text_files(path: PathSpec) -> list[pathlib.Path]:
     out: list[pathlib.Path] = []
     for item in _as_list(path):
         if item.startswith(HF_PREFIX):
-            raise ValueError(
-                f"'{item}' is a Hugging Face dataset, not a local path; it cannot be mixed with files"
-            )
+            raise ValueError(f"'{item}' is a Hugging Face dataset, not a local path; it cannot be mixed with files")
         if any(ch in item for ch in "*?["):
             matches = sorted(glob.glob(item, recursive=True))
             files = [pathlib.Path(m) for m in matches if os.path.isfile(m) and _suffix(m)]
@@ -138,13 +136,8 @@ def resolve_text_files(path: PathSpec) -> list[pathlib.Path]:
             continue
         p = pathlib.Path(item).expanduser()
         if p.is_dir():
-            files = sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file()
-                and _suffix(f.name)
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
+            files = sorted(f for f in p.rglob("*") if f.is_file() and _suffix(f.name)
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
             if not files:
                 raise FileNotFoundError(f"directory '{p}' contains no {'/'.join(SUPPORTED_SUFFIXES)} files")
             out.extend(files)
@@ -236,14 +229,13 @@ def _parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
     body, _, hf_split = body.partition(":")
     parts = [p for p in body.split("/") if p]
     if len(parts) not in (2, 3):
-        raise ValueError(
-            f"bad Hugging Face dataset spec '{spec}': expected {HF_PREFIX}OWNER/NAME[/CONFIG][:SPLIT]"
-        )
+        raise ValueError(f"bad Hugging Face dataset spec '{spec}': expected {HF_PREFIX}OWNER/NAME[/CONFIG][:SPLIT]")
     return "/".join(parts[:2]), (parts[2] if len(parts) == 3 else None), (hf_split or "train")
 
 
-def _open_hf_dataset(spec: str, text_field: str):
-    """Open a streaming Hugging Face dataset (this contacts the hub once, here, so that errors come early)."""
+def _hub_documents(spec: str, text_field: str) -> Callable[[], Iterator[tuple[int, str]]]:
+    """(index, document) of a streaming Hugging Face dataset's non-empty documents, in its fixed order, each time
+    the returned function is called (the hub is contacted once, here, so that errors come early)."""
     repo, config, hf_split = _parse_hf_spec(spec)
     datasets = import_optional("datasets", f"'{spec}' is a Hugging Face dataset: install the 'datasets' "
                                "package (pip install datasets, or attractor_jax[hf])")
@@ -257,10 +249,15 @@ def _open_hf_dataset(spec: str, text_field: str):
         ) from e
     features = getattr(ds, "features", None)
     if features is not None and text_field not in features:
-        raise ValueError(
-            f"Hugging Face dataset '{spec}' has no column '{text_field}' (columns: {list(features)})"
-        )
-    return ds
+        raise ValueError(f"Hugging Face dataset '{spec}' has no column '{text_field}' (columns: {list(features)})")
+
+    def documents() -> Iterator[tuple[int, str]]:
+        for i, ex in enumerate(ds):
+            text = ex.get(text_field)
+            if isinstance(text, str) and text.strip():
+                yield i, text
+
+    return documents
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -330,9 +327,7 @@ def _tokenizer_key(tok: Tokenizer) -> Any:
         return (type(tok).__name__, spec)
 
 
-def _load_corpus(
-    files: list[pathlib.Path], tok: Tokenizer, text_field: str, doc_separator: str | None
-) -> _Corpus:
+def _load_corpus(files: list[pathlib.Path], tok: Tokenizer, text_field: str, doc_separator: str | None) -> _Corpus:
     """Read and tokenise every file (cached per process on file identity, tokenizer and options)."""
 
     def read() -> _Corpus:
@@ -382,9 +377,6 @@ class TextCorpusStats:
     num_tokens: int | None
     num_rows: int | None
     seq_len: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -476,15 +468,8 @@ class _StreamTextIterator(TextIterator):
     """Packs a document stream on the fly. `doc_stream(epoch)` must yield this process's documents of that
     epoch in the same order every time it is called; the state is (epoch, document index, token offset)."""
 
-    def __init__(
-        self,
-        doc_stream: Callable[[int], Iterable[str]],
-        tokenizer: Tokenizer,
-        *,
-        seq_len: int,
-        local_batch: int,
-        num_epochs: int | None,
-    ):
+    def __init__(self, doc_stream: Callable[[int], Iterable[str]], tokenizer: Tokenizer, *, seq_len: int,
+                 local_batch: int, num_epochs: int | None):
         super().__init__()
         self._doc_stream = doc_stream
         self._tok = tokenizer
@@ -495,13 +480,6 @@ class _StreamTextIterator(TextIterator):
         self._epoch = self._doc = self._offset = self._batches = 0
         self._docs: Iterator[str] | None = None
         self._cur: np.ndarray | None = None
-
-    def _encode(self, text: str) -> np.ndarray:
-        if isinstance(self._tok, ByteTokenizer):
-            ids = self._tok.encode_array(text)
-        else:
-            ids = self._tok.encode_batch([text])[0]
-        return np.concatenate([ids.astype(np.int32, copy=False), self._eos])
 
     def _load_current(self) -> bool:
         """Make self._cur the document at (epoch, doc); False when the epochs are exhausted."""
@@ -514,7 +492,8 @@ class _StreamTextIterator(TextIterator):
                     pass
             text = next(self._docs, None)
             if text is not None:
-                self._cur = self._encode(text)
+                ids = self._tok.encode_batch([text])[0]
+                self._cur = np.concatenate([ids.astype(np.int32, copy=False), self._eos])
                 return True
             if self._doc == 0:
                 raise ValueError(
@@ -541,13 +520,8 @@ class _StreamTextIterator(TextIterator):
         return lm_batch(out.reshape(self._b, self._row))
 
     def get_state(self) -> dict[str, Any]:
-        return {
-            "epoch": self._epoch,
-            "doc": self._doc,
-            "offset": self._offset,
-            "batches": self._batches,
-            "config": dict(self.config),
-        }
+        return {"epoch": self._epoch, "doc": self._doc, "offset": self._offset, "batches": self._batches,
+                "config": dict(self.config)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         check_state_fingerprint(self.config, state, self.state_kind)
@@ -574,16 +548,8 @@ def _raw_documents(a: _TextArgs) -> Callable[[int], Iterator[tuple[int, str]]]:
     """(key, document) of one epoch of a streamed source: a hub dataset in its fixed order, files in a
     per-epoch order when shuffling (keys: `keyed_documents`)."""
     if _is_hf(a.source):
-        hf_ds = _open_hf_dataset(os.fspath(a.source), a.text_field)
-
-        def hub_epoch(epoch: int) -> Iterator[tuple[int, str]]:
-            del epoch  # the shuffle buffer reshuffles per epoch; the hub order is fixed
-            for i, ex in enumerate(hf_ds):
-                text = ex.get(a.text_field)
-                if isinstance(text, str) and text.strip():
-                    yield i, text
-
-        return hub_epoch
+        hub = _hub_documents(os.fspath(a.source), a.text_field)
+        return lambda epoch: hub()  # the shuffle buffer reshuffles per epoch; the hub order is fixed
     files = resolve_text_files(a.source)
 
     def files_epoch(epoch: int) -> Iterator[tuple[int, str]]:
@@ -598,12 +564,10 @@ def iter_documents(path: PathSpec, *, text_field: str = "text", doc_separator: s
     """The non-empty documents of any source the pipelines read (files, folders, globs, `hf://` datasets), in
     source order, unshuffled and unsplit: what an evaluation scores."""
     if _is_hf(path):
-        for ex in _open_hf_dataset(os.fspath(path), text_field):
-            text = ex.get(text_field)
-            if isinstance(text, str) and text.strip():
-                yield text
-        return
-    for _, text in keyed_documents(resolve_text_files(path), text_field, doc_separator):
+        docs = _hub_documents(os.fspath(path), text_field)()
+    else:
+        docs = keyed_documents(resolve_text_files(path), text_field, doc_separator)
+    for _, text in docs:
         yield text
 
 
@@ -650,18 +614,10 @@ class _TextArgs:
     def fingerprint(self, mode: str) -> dict[str, Any]:
         """The fields of the iterator-state fingerprint that both modes record."""
         tok = self.tokenizer
-        return {
-            "mode": mode,
-            "tokenizer": f"{type(tok).__name__}:{tok.vocab_size}:{tok.eos_id}",
-            "seq_len": self.seq_len,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "split": self.split,
-            "val_fraction": self.val_fraction,
-            "text_field": self.text_field,
-            "doc_separator": self.doc_separator,
-        }
+        return {"mode": mode, "tokenizer": f"{type(tok).__name__}:{tok.vocab_size}:{tok.eos_id}",
+                "seq_len": self.seq_len, "batch_size": self.batch_size, "seed": self.seed, "shuffle": self.shuffle,
+                "split": self.split, "val_fraction": self.val_fraction, "text_field": self.text_field,
+                "doc_separator": self.doc_separator}
 
 
 def _is_hf(path: PathSpec) -> bool:
@@ -702,9 +658,7 @@ def _select_source(path: PathSpec, split: str, val_fraction: float, val_path: Pa
     return split, path, float(val_fraction)
 
 
-def _load_split(
-    source: PathSpec, split: str, val_fraction: float, tok: Tokenizer, text_field: str, doc_separator
-):
+def _load_split(source: PathSpec, split: str, val_fraction: float, tok: Tokenizer, text_field: str, doc_separator):
     corpus = _load_corpus(resolve_text_files(source), tok, text_field, doc_separator)
     if val_fraction > 0:
         corpus = _split_corpus(corpus, split, val_fraction)
@@ -774,17 +728,11 @@ def make_text_pipeline(
       backend: on multi-host, build the pipeline after `jax.distributed.initialize()` (or pass both).
     """
     seq_len = check_int("seq_len", seq_len, 1)
-    batch_size = check_int("batch_size", batch_size, 1)
-    seed = check_int("seed", seed, 0)
+    batch_size, seed, pidx, pcount, local_batch = check_batching(batch_size, seed, process_index, process_count)
     prefetch = check_int("prefetch", prefetch, 0)
     shuffle_buffer = check_int("shuffle_buffer", shuffle_buffer, 1)
     split, source, frac = _select_source(path, split, val_fraction, val_path)
-    if num_epochs is not None:
-        num_epochs = check_int("num_epochs", num_epochs, 1)
-    elif split == "validation":
-        num_epochs = 1
-    pidx, pcount = resolve_process(process_index, process_count)
-    local_batch = local_batch_size(batch_size, pcount)
+    num_epochs = default_epochs(num_epochs, finite=split == "validation")
     tok = make_tokenizer(tokenizer)
     shuffle = split == "train" if shuffle is None else bool(shuffle)
     args = _TextArgs(source, split, frac, tok, seq_len, batch_size, local_batch, pidx, pcount, seed, shuffle,

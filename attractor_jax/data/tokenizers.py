@@ -102,9 +102,8 @@ class SentencePieceTokenizer:
         self.vocab_size = int(self._sp.get_piece_size())
         self.eos_id = int(self._sp.eos_id())
         if self.eos_id < 0:
-            raise ValueError(
-                f"SentencePiece model '{path}' has no EOS piece (eos_id = -1); train it with --eos_id >= 0"
-            )
+            raise ValueError(f"SentencePiece model '{path}' has no EOS piece (eos_id = -1); train it with "
+                             "--eos_id >= 0")
 
     def encode(self, text: str) -> list[int]:
         return list(self._sp.encode(text, out_type=int))
@@ -127,9 +126,7 @@ class HFTokenizer:
     def __init__(self, path: str | os.PathLike, eos_token: str | None = None):
         path = pathlib.Path(path)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"tokenizer file '{path}' does not exist (expected a tokenizers JSON file)"
-            )
+            raise FileNotFoundError(f"tokenizer file '{path}' does not exist (expected a tokenizers JSON file)")
         tokenizers = import_optional("tokenizers", (
             f"tokenizer '{path}' is a Hugging Face tokenizers JSON file: install the 'tokenizers' package "
             "(pip install tokenizers, or attractor_jax[text])"))
@@ -146,10 +143,8 @@ class HFTokenizer:
                 self.eos_token, self.eos_id = tok, int(tid)
                 break
         else:
-            raise ValueError(
-                f"tokenizer '{path}' has no end-of-document token: tried {list(candidates)}; "
-                "add one to the vocabulary or pass eos_token="
-            )
+            raise ValueError(f"tokenizer '{path}' has no end-of-document token: tried {list(candidates)}; "
+                             "add one to the vocabulary or pass eos_token=")
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
@@ -162,14 +157,10 @@ class HFTokenizer:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def __repr__(self) -> str:
-        return (
-            f"HFTokenizer({self.spec!r}, vocab_size={self.vocab_size}, eos={self.eos_token!r}/{self.eos_id})"
-        )
+        return f"HFTokenizer({self.spec!r}, vocab_size={self.vocab_size}, eos={self.eos_token!r}/{self.eos_id})"
 
 
-def make_tokenizer(
-    spec: str | os.PathLike | Tokenizer = "byte", *, eos_token: str | None = None
-) -> Tokenizer:
+def make_tokenizer(spec: str | os.PathLike | Tokenizer = "byte", *, eos_token: str | None = None) -> Tokenizer:
     """Build a tokenizer from a spec: "byte", a path ending in `.model` (SentencePiece) or `.json` (HF
     `tokenizers`). A Tokenizer instance is returned unchanged. `eos_token` applies to HF JSON files only."""
     if not isinstance(spec, (str, os.PathLike)):
@@ -183,7 +174,5 @@ def make_tokenizer(
         return SentencePieceTokenizer(s)
     if s.endswith(".json"):
         return HFTokenizer(s, eos_token=eos_token)
-    raise ValueError(
-        f"unknown tokenizer '{s}': expected 'byte', a SentencePiece file ending in .model, "
-        "or a Hugging Face tokenizers file ending in .json"
-    )
+    raise ValueError(f"unknown tokenizer '{s}': expected 'byte', a SentencePiece file ending in .model, "
+                     "or a Hugging Face tokenizers file ending in .json")

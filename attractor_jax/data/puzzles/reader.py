@@ -44,10 +44,10 @@ from attractor_jax.data.common import (
     BatchSource,
     GrainWrapper,
     LruCache,
+    check_batching,
     check_int,
-    local_batch_size,
+    default_epochs,
     prefetching_iterator,
-    resolve_process,
 )
 
 __all__ = ["PuzzleIterator", "load_puzzle_split", "make_puzzle_pipeline"]
@@ -93,11 +93,22 @@ class PuzzleSplit:
     def num_groups(self) -> int:
         return len(self.group_indices) - 1
 
+    def examples(self, ex: np.ndarray, puz: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """int32 `inputs` and `labels` [len(ex), L] of examples `ex` (labels IGNORE_LABEL_ID where the stored
+        label is the ignore_label_id) and the `puzzle_identifiers` [len(ex)] of their puzzles `puz` (by default
+        looked up)."""
+        if puz is None:
+            puz = np.searchsorted(self.puzzle_indices, ex, side="right") - 1
+        order = np.argsort(ex, kind="stable")  # sorted reads are kinder to the memory map
+        inputs = np.empty((len(ex), self.metadata.seq_len), np.int32)
+        labels = np.empty_like(inputs)
+        inputs[order], labels[order] = self.inputs[ex[order]], self.labels[ex[order]]
+        if self.metadata.ignore_label_id is not None:
+            labels[labels == self.metadata.ignore_label_id] = IGNORE_LABEL_ID
+        return {"inputs": inputs, "labels": labels, "puzzle_identifiers": self.puzzle_identifiers[puz].astype(np.int32)}
 
-def load_puzzle_split(
-    path: str | os.PathLike, split: str = "train", set_name: str | None = None
-) -> PuzzleSplit:
-    return PuzzleSplit(path, split, set_name)
+
+load_puzzle_split = PuzzleSplit  # load_puzzle_split(path, split="train", set_name=None)
 
 
 class _Batches(BatchSource):
@@ -146,25 +157,13 @@ class _Batches(BatchSource):
         else:
             # an example's position in the stored order; a batch past the end of the split is all padding
             valid = pos < self.d.num_examples
-            ex = np.where(valid, pos, 0)
-            puz = np.searchsorted(self.d.puzzle_indices, ex, side="right") - 1
-        return self._collate(ex, puz, valid)
-
-    def _collate(self, ex: np.ndarray, puz: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
-        m = self.meta
-        order = np.argsort(ex, kind="stable")  # sorted reads are kinder to the memory map
-        inputs = np.empty((self.local_batch, m.seq_len), np.int32)
-        labels = np.empty((self.local_batch, m.seq_len), np.int32)
-        inputs[order] = self.d.inputs[ex[order]]
-        labels[order] = self.d.labels[ex[order]]
-        if m.ignore_label_id is not None:
-            labels[labels == m.ignore_label_id] = IGNORE_LABEL_ID
-        ids = self.d.puzzle_identifiers[puz].astype(np.int32)
+            ex, puz = np.where(valid, pos, 0), None  # `examples` looks the puzzles up
+        out = self.d.examples(ex, puz)
         if not valid.all():
-            inputs[~valid] = m.pad_id
-            labels[~valid] = IGNORE_LABEL_ID
-            ids[~valid] = m.blank_identifier_id
-        return {"inputs": inputs, "labels": labels, "puzzle_identifiers": ids, "mask": valid.copy()}
+            out["inputs"][~valid] = self.meta.pad_id
+            out["labels"][~valid] = IGNORE_LABEL_ID
+            out["puzzle_identifiers"][~valid] = self.meta.blank_identifier_id
+        return {**out, "mask": valid.copy()}
 
 
 class PuzzleIterator(GrainWrapper, grain.DatasetIterator):
@@ -187,10 +186,6 @@ class PuzzleIterator(GrainWrapper, grain.DatasetIterator):
     num_examples: int
     config: dict[str, Any]
     state_kind = "puzzle"
-
-    @property
-    def batches_per_epoch(self) -> float:
-        return self.epoch_examples / self.batch_size
 
     def __str__(self) -> str:
         return (
@@ -219,23 +214,14 @@ def make_puzzle_pipeline(
       once, padded last batch). num_epochs: default None (unbounded) when shuffling, else 1 (a sequential pass
       must be finite). prefetch: batches prepared ahead in a background thread (0: none).
     """
-    batch_size = check_int("batch_size", batch_size, 1)
-    seed = check_int("seed", seed, 0)
+    batch_size, seed, pidx, pcount, local = check_batching(batch_size, seed, process_index, process_count)
     prefetch = check_int("prefetch", prefetch, 0)
-    if shuffle is None:
-        shuffle = split == "train"
-    if num_epochs is not None:
-        num_epochs = check_int("num_epochs", num_epochs, 1)
-    elif not shuffle:
-        num_epochs = 1
+    shuffle = split == "train" if shuffle is None else bool(shuffle)
+    num_epochs = default_epochs(num_epochs, finite=not shuffle)
     if not shuffle and num_epochs != 1:
-        raise ValueError(
-            f"num_epochs={num_epochs} is invalid without shuffling: a sequential pass is one epoch"
-        )
-    pidx, pcount = resolve_process(process_index, process_count)
-    local = local_batch_size(batch_size, pcount)
+        raise ValueError(f"num_epochs={num_epochs} is invalid without shuffling: a sequential pass is one epoch")
     data = PuzzleSplit(path, split, set_name)
-    src = _Batches(data, seed=seed, shuffle=bool(shuffle), global_batch=batch_size, local_batch=local,
+    src = _Batches(data, seed=seed, shuffle=shuffle, global_batch=batch_size, local_batch=local,
                    offset=pidx * local, num_batches=None)
     E = src.epoch_len
     if shuffle:
@@ -256,7 +242,7 @@ def make_puzzle_pipeline(
         "split": split,
         "batch_size": batch_size,
         "seed": seed,
-        "shuffle": bool(shuffle),
+        "shuffle": shuffle,
         "num_examples": data.num_examples,
         "num_groups": data.num_groups,
         "seq_len": data.metadata.seq_len,

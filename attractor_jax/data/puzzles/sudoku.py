@@ -140,24 +140,15 @@ _ALL = (1 << 81) - 1
 _CELL = [1 << c for c in range(81)]
 _ROWS = [sum(_CELL[r * 9 + c] for c in range(9)) for r in range(9)]
 _COLS = [sum(_CELL[r * 9 + c] for r in range(9)) for c in range(9)]
-_BOXES = [
-    sum(_CELL[(br * 3 + i) * 9 + bc * 3 + j] for i in range(3) for j in range(3))
-    for br in range(3)
-    for bc in range(3)
-]
+_BOXES = [sum(_CELL[(br * 3 + i) * 9 + bc * 3 + j] for i in range(3) for j in range(3))
+          for br in range(3) for bc in range(3)]
 _UNITS = _ROWS + _COLS + _BOXES
-_PEERS = [
-    (_ROWS[c // 9] | _COLS[c % 9] | _BOXES[(c // 27) * 3 + (c % 9) // 3]) & ~_CELL[c] for c in range(81)
-]
+_CELL_UNITS = [(_ROWS[c // 9], _COLS[c % 9], _BOXES[(c // 27) * 3 + (c % 9) // 3]) for c in range(81)]
+_PEERS = [(r | k | b) & ~_CELL[c] for c, (r, k, b) in enumerate(_CELL_UNITS)]
 _NOT_PEERS = [_ALL & ~p for p in _PEERS]
 _NOT_CELL = [_ALL & ~b for b in _CELL]
 # box-line intersections: (box & line, box - line, ~(line - box), line - box, ~(box - line))
-_INTER = [
-    (B & L, B & ~L, _ALL & ~(L & ~B), L & ~B, _ALL & ~(B & ~L))
-    for B in _BOXES
-    for L in _ROWS + _COLS
-    if B & L
-]
+_INTER = [(B & L, B & ~L, _ALL & ~(L & ~B), L & ~B, _ALL & ~(B & ~L)) for B in _BOXES for L in _ROWS + _COLS if B & L]
 _D9 = range(9)
 
 
@@ -344,10 +335,8 @@ def rate_sudoku(puzzle: Any, encoded: bool | None = None) -> int:
     puzzle has exactly one solution."""
     sol = solve_sudoku(puzzle, 2, encoded)
     if len(sol.solutions) != 1:
-        raise ValueError(
-            f"puzzle has {'no' if not sol.solutions else 'several'} solutions; only a puzzle "
-            "with exactly one solution has a rating"
-        )
+        raise ValueError(f"puzzle has {'no' if not sol.solutions else 'several'} solutions; only a puzzle with "
+                         "exactly one solution has a rating")
     return sol.guesses
 
 
@@ -379,11 +368,6 @@ def _rating(q: np.ndarray) -> int:
     s = _Search(2)
     s.run(_cand_from_digits(q), 0)
     return s.guesses if len(s.solutions) == 1 else -1
-
-
-_CELL_UNITS = [
-    [u for u in (_ROWS[c // 9], _COLS[c % 9], _BOXES[(c // 27) * 3 + (c % 9) // 3])] for c in range(81)
-]
 
 
 def _forced(givens: list[int], c: int, d: int) -> bool:
@@ -472,15 +456,8 @@ def _gave_up_message(count: int, blanks: int | None, min_rating: int, max_attemp
 
 
 def generate_sudoku(
-    count: int,
-    *,
-    min_rating: int = 10,
-    seed: int = 0,
-    workers: int = 1,
-    exclude: Iterable[str] = (),
-    source: str = "attractor_jax.generate_sudoku",
-    progress: bool = False,
-    blanks: int | None = None,
+    count: int, *, min_rating: int = 10, seed: int = 0, workers: int = 1, exclude: Iterable[str] = (),
+    source: str = "attractor_jax.generate_sudoku", progress: bool = False, blanks: int | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> list[PuzzleRow]:
     """`count` puzzles with exactly one solution and rating >= min_rating, as CSV rows (source, question,
@@ -523,9 +500,7 @@ def generate_sudoku(
 # ----------------------------------------------------------------------------------------------------
 
 
-def augment_sudoku(
-    question: np.ndarray, answer: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def augment_sudoku(question: np.ndarray, answer: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A random validity-preserving relabelling of a (question, answer) pair of raw 9x9 digit grids: digits
     permuted (blank stays 0), transposed with probability 1/2, bands and the rows within each band permuted,
     stacks and the columns within each stack permuted."""
@@ -725,9 +700,7 @@ def _load_sudoku_csvs(paths: dict[str, pathlib.Path], min_rating: int | None, de
         data = check_sudoku_csv(path, dedupe=dedupe)
         keep = np.ones(len(data.ratings), bool) if min_rating is None else data.ratings >= min_rating
         if not keep.any():
-            raise ValueError(
-                f"{path}: no puzzles" + (f" rated >= {min_rating}" if min_rating is not None else "")
-            )
+            raise ValueError(f"{path}: no puzzles" + (f" rated >= {min_rating}" if min_rating is not None else ""))
         out[split] = CsvGrids(data.questions[keep], data.answers[keep],
                               {"dropped_duplicates": data.dropped_duplicates})
     return out
