@@ -24,6 +24,7 @@ from attractor_jax.nn.config import BlockConfig
 from attractor_jax.nn.init import matrix_init, torch_linear_init, trunc_normal_init, zeros_init
 from attractor_jax.nn.layers import Linear, rms_normalize
 from attractor_jax.nn.rope import apply_rope, rope_angles
+from attractor_jax.nn.sharding import platform
 
 
 @jax.tree_util.register_dataclass
@@ -77,7 +78,7 @@ def dot_product_attention(
                 "attention_impl='splash' does not support an explicit mask (KV-cache steps); use 'xla'"
             )
         return _splash_attention(q_BTNH, k_BSKH, v_BSKH, causal=causal)
-    if implementation == "einsum" or (implementation is None and _platform() == "cpu"):
+    if implementation == "einsum" or (implementation is None and platform() == "cpu"):
         return einsum_attention(q_BTNH, k_BSKH, v_BSKH, causal=causal, mask=mask)
     return jax.nn.dot_product_attention(
         q_BTNH,
@@ -87,12 +88,6 @@ def dot_product_attention(
         is_causal=causal and mask is None,
         implementation=implementation,
     )
-
-
-def _platform() -> str:
-    mesh = jax.sharding.get_abstract_mesh()
-    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
-    return device.platform if device is not None else jax.default_backend()
 
 
 def einsum_attention(q_BTNH, k_BSKH, v_BSKH, *, causal: bool, mask: jax.Array | None = None) -> jax.Array:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attractor_jax.nn.init import Initializer, ones_init, param
+from attractor_jax.nn.sharding import platform
 
 
 class Linear(nnx.Module):
@@ -35,10 +36,14 @@ class Linear(nnx.Module):
         self.kernel = param(rngs, kernel_init, (in_features, out_features), axes)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        # As a 2-D product over the flattened leading axes: autodiff's transpose of a batched [B, T, in] product
-        # lowers to slow non-GEMM loops on XLA:CPU (an MLP's forward+backward took 1.8x as long).
-        y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), self.kernel[...].astype(self.dtype))
-        return y.reshape(*x.shape[:-1], y.shape[-1])
+        w = self.kernel[...].astype(self.dtype)
+        if x.ndim > 2 and platform() == "cpu":
+            # A 2-D product over the flattened leading axes: on XLA:CPU autodiff's transpose of a batched
+            # [B, T, in] product is slow (an MLP's forward+backward took 1.8x as long). Elsewhere the batch axis is
+            # kept, so that sharding propagation keeps the batch split.
+            y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), w)
+            return y.reshape(*x.shape[:-1], y.shape[-1])
+        return jnp.dot(x.astype(self.dtype), w)
 
 
 class Embed(nnx.Module):

@@ -28,3 +28,11 @@ def shard_batch(x: jax.Array) -> jax.Array:
     if not axes or x.ndim == 0 or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
         return x
     return jax.lax.with_sharding_constraint(x, P(axes, *([None] * (x.ndim - 1))))
+
+
+def platform() -> str:
+    """The platform being compiled for: the ambient mesh's (so ahead-of-time compilation for a TPU from a CPU host
+    sees ``"tpu"``), else the default backend's (``"cpu"``, ``"gpu"``, ``"tpu"``)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
