@@ -93,10 +93,10 @@ def dot_product_attention(
 def einsum_attention(q_BTNH, k_BSKH, v_BSKH, *, causal: bool, mask: jax.Array | None = None) -> jax.Array:
     """Attention as two einsums around an unnormalised softmax, laid out for XLA's CPU emitter.
 
-    Scores ``[B, N, T, S]`` in float32 (grouped heads read their shared K/V without repeating it), the mask added as a 0/−1e30
-    bias, ``e = exp(s − max s)``, and the division by ``Σ e`` applied to the ``[.., T, H]`` output instead of the
+    Scores in float32, heads-major (grouped heads read their shared K/V without repeating it), the mask added as a
+    0/−1e30 bias, ``e = exp(s − max s)``, and the division by ``Σ e`` applied to the ``[.., T, H]`` output instead of the
     ``[.., T, S]`` probabilities. On a 2-core CPU ([8, 256, 4, 64], causal) this is 2.8x faster forward and 2.3x
-    forward+backward than ``jax.nn.dot_product_attention``'s XLA path (benchmarks/vs_reference.py). ``mask``:
+    forward+backward than ``jax.nn.dot_product_attention``'s XLA path (measured in isolation). ``mask``:
     boolean, broadcastable to ``[B, 1, T, S]`` (True = attend); each query must see at least one key.
     """
     b, t, n, h = q_BTNH.shape
