@@ -168,3 +168,44 @@ def test_splash_kernel_matches_xla_in_interpret_mode():
     out = splash_attention_interpret(q, k, v, causal=True)
     ref = ann.dot_product_attention(q, k, v, causal=True)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-4)
+
+
+@pytest.mark.parametrize("n_heads,n_kv,causal,masked", [(4, 4, True, False), (4, 2, True, False),
+                                                        (4, 1, False, False), (2, 2, False, True)])
+def test_einsum_attention_matches_float64_numpy_and_jax_gradients(n_heads, n_kv, causal, masked):
+    """The CPU default (`einsum_attention`) against a float64 numpy softmax attention (values), and its gradients
+    against ``jax.nn.dot_product_attention``'s XLA path; grouped heads and an explicit KV-cache style mask."""
+    from attractor_jax.nn.attention import einsum_attention
+
+    b, t, s, h = 2, 5, 7 if masked else 5, 8
+    ks = jax.random.split(jax.random.key(3), 3)
+    q = jax.random.normal(ks[0], (b, t, n_heads, h))
+    k = jax.random.normal(ks[1], (b, s, n_kv, h))
+    v = jax.random.normal(ks[2], (b, s, n_kv, h))
+    mask = None
+    allowed = np.ones((b, 1, t, s), bool)
+    if masked:  # queries at positions 2..6 of a cache filled to 7; the last key is not yet visible to early ones
+        allowed = np.arange(s)[None, :] <= (np.arange(t) + 2)[:, None]
+        allowed = np.broadcast_to(allowed, (b, 1, t, s))
+        mask = jnp.asarray(allowed)
+    elif causal:
+        allowed = np.broadcast_to(np.tril(np.ones((t, s), bool)), (b, 1, t, s))
+    qn, kn, vn = (np.asarray(a, np.float64) for a in (q, k, v))
+    g = n_heads // n_kv
+    kn, vn = np.repeat(kn, g, axis=2), np.repeat(vn, g, axis=2)
+    sc = np.einsum("btnh,bsnh->bnts", qn, kn) / np.sqrt(h)
+    sc = np.where(allowed, sc, -np.inf)
+    p = np.exp(sc - sc.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    want = np.einsum("bnts,bsnh->btnh", p, vn)
+    got = einsum_attention(q, k, v, causal=causal, mask=mask)
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-6)
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
+
+    ours = jax.grad(loss(lambda q, k, v: einsum_attention(q, k, v, causal=causal, mask=mask)), (0, 1, 2))(q, k, v)
+    theirs = jax.grad(loss(lambda q, k, v: jax.nn.dot_product_attention(
+        q, k, v, mask=mask, is_causal=causal and mask is None, implementation="xla")), (0, 1, 2))(q, k, v)
+    for a, b_ in zip(ours, theirs):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b_), atol=2e-5)
