@@ -6,9 +6,9 @@ for ``train_step``, ``head_pass`` and ``backbone``.
 """
 
 import json
-import statistics
 import sys
-import time
+
+from vs_reference import time_fns  # stdlib only at import time (this file's folder is on sys.path)
 
 
 def main():
@@ -61,17 +61,7 @@ def main():
     print(json.dumps({"params": params, "torch": torch.__version__, "threads": threads,
                       "solver_f_evals": model._last_solver_info.get("iters")}), flush=True)
     for line in sys.stdin:
-        reps = int(line.split()[1])
-        out = {}
-        for name, fn in fns.items():
-            ts = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t0)
-            out[name] = 1e3 * statistics.median(ts)
-        print(json.dumps(out), flush=True)
-
+        print(json.dumps(time_fns(fns, int(line.split()[1]))), flush=True)
 
 if __name__ == "__main__":
     main()
