@@ -604,9 +604,8 @@ def scheduled(inner: optax.GradientTransformation, schedule: optax.Schedule, bas
         return {k: jnp.asarray(v * mult, jnp.float32) for k, v in base_lr.items()}
 
     def init(params):
-        zero = jnp.zeros([], jnp.int32)
-        return OptimState(count=zero, skipped=zero, grad_norm=jnp.zeros([], jnp.float32), lr=lrs(schedule(0)),
-                          inner=inner.init(params))
+        return OptimState(count=jnp.zeros([], jnp.int32), skipped=jnp.zeros([], jnp.int32),
+                          grad_norm=jnp.zeros([], jnp.float32), lr=lrs(schedule(0)), inner=inner.init(params))
 
     def update(grads, state, params=None):
         if params is None:
