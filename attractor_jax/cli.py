@@ -79,13 +79,11 @@ def _parse_depths(text: str | None) -> list[int | None] | None:
     return out
 
 
-def _cmd_eval_text(args: argparse.Namespace) -> int:
+def _cmd_eval_text(args: argparse.Namespace, run) -> int:
     """Perplexity per token/byte or LAMBADA on --data (attractor_jax.eval), written to WORKDIR/eval/."""
     from attractor_jax.eval.runner import evaluate_text, summary
 
-    if args.data is None:
-        raise ValueError(f"--task {args.task} needs --data (a text source, or a LAMBADA .jsonl)")
-    res, path = evaluate_text(args.workdir, args.data, task=args.task or "perplexity",
+    res, path = evaluate_text(args.workdir, args.data, run=run, task=args.task or "perplexity",
                               depths=_parse_depths(args.max_iter), batch_size=args.batch_size,
                               max_documents=args.max_docs)
     print(summary(res, path))
@@ -93,14 +91,16 @@ def _cmd_eval_text(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from attractor_jax.train.trainer import evaluate
+    from attractor_jax.models import is_reasoner
+    from attractor_jax.train.trainer import evaluate, read_run
 
-    if args.task is not None or args.data is not None:
-        from attractor_jax.eval.runner import is_lm_run
-
-        if args.task is not None or is_lm_run(args.workdir):
-            return _cmd_eval_text(args)
-    res = evaluate(args.workdir, depths=_parse_depths(args.max_iter), data_path=args.data, batches=args.batches)
+    if args.task is not None and args.data is None:
+        raise ValueError(f"--task {args.task} needs --data (a text source, or a LAMBADA .jsonl)")
+    run = read_run(args.workdir)  # the run's config.json, read once for every path below
+    if args.task is not None or (args.data is not None and not is_reasoner(run.model)):
+        return _cmd_eval_text(args, run)
+    res = evaluate(args.workdir, depths=_parse_depths(args.max_iter), data_path=args.data, batches=args.batches,
+                   run=run)
     if any("exact" in r for r in res["depths"].values()):  # a puzzle reasoner
         from attractor_jax.train.tasks.puzzle import format_eval
 

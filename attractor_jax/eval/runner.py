@@ -10,16 +10,9 @@ from typing import Any
 
 from attractor_jax.models.registry import check_depths, has_depth, is_reasoner
 
-__all__ = ["TASKS", "evaluate_text", "format_table", "is_lm_run", "summary"]
+__all__ = ["TASKS", "evaluate_text", "format_table", "summary"]
 
 TASKS = ("perplexity", "lambada")
-
-
-def is_lm_run(workdir: str | os.PathLike) -> bool:
-    """Whether the run in ``workdir`` is a language model (not a puzzle reasoner)."""
-    from attractor_jax.train.trainer import read_run
-
-    return not is_reasoner(read_run(workdir).model)
 
 
 def result_name(task: str, data: str) -> str:
@@ -34,9 +27,10 @@ def result_name(task: str, data: str) -> str:
 
 def evaluate_text(workdir: str | os.PathLike, data: str, *, task: str = "perplexity",
                   depths: list[int | None] | None = None, batch_size: int | None = None,
-                  max_documents: int | None = None, progress: bool = True) -> tuple[dict, pathlib.Path]:
+                  max_documents: int | None = None, progress: bool = True, run=None) -> tuple[dict, pathlib.Path]:
     """Run ``task`` (perplexity or lambada) on ``data`` with the newest checkpoint of the language model in
     ``workdir`` at each depth (default: the run's ``eval_depths`` and the full solve; a GPT has only 'full').
+    ``run``: the workdir's `RunConfig` when the caller has read it already (`trainer.read_run`).
     Returns ``(results, path of the JSON written)``. Bad input raises before anything is written."""
     from attractor_jax.data.text import resolve_text_files
     from attractor_jax.data.tokenizers import make_tokenizer
@@ -48,7 +42,7 @@ def evaluate_text(workdir: str | os.PathLike, data: str, *, task: str = "perplex
     if task not in TASKS:
         raise ValueError(f"--task {task!r} is unknown: expected one of {', '.join(TASKS)}")
     wd = pathlib.Path(workdir)
-    run = read_run(wd)
+    run = read_run(wd) if run is None else run
     if is_reasoner(run.model):
         raise ValueError(f"workdir {str(wd)!r} holds a puzzle reasoner ({type(run.model).__name__}): --task {task} "
                          "needs a language model")
@@ -62,7 +56,7 @@ def evaluate_text(workdir: str | os.PathLike, data: str, *, task: str = "perplex
     texts = read_lambada(data) if task == "lambada" else None
     if texts is None and not str(data).startswith("hf://"):
         resolve_text_files(data)  # a missing or unsupported path fails before the checkpoint is read
-    model, run, step = load_model(wd)
+    model, run, step = load_model(wd, run)
     tok = make_tokenizer(run.data.tokenizer)
     common = dict(seq_len=run.train.seq_len, depths=depths, batch_size=batch_size or run.train.batch_size,
                   progress=progress)

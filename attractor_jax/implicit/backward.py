@@ -27,10 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attractor_jax.implicit.solvers import Anderson, Broyden, Picard, Solver, _sq_norm, relative_residual
+from attractor_jax.implicit.solvers import (Anderson, Broyden, Picard, Solver, check_int, check_step, relative_residual,
+                                            sq_norm)
 from attractor_jax.implicit.types import SolverStats
 
-_PROBE_FIELDS = 4  # iterations, residual, converged, diverged
+PROBE_FIELDS = 4  # iterations, residual, converged, diverged
 
 
 def adjoint_probe(batch_shape: Sequence[int] | int = ()) -> jax.Array:
@@ -41,7 +42,7 @@ def adjoint_probe(batch_shape: Sequence[int] | int = ()) -> jax.Array:
     ``batch_shape`` is the statistics shape (the sample axes of y0).
     """
     shape = (batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape)
-    return jnp.zeros(shape + (_PROBE_FIELDS,), jnp.float32)
+    return jnp.zeros(shape + (PROBE_FIELDS,), jnp.float32)
 
 
 def adjoint_stats(probe_grad: jax.Array) -> SolverStats:
@@ -174,8 +175,8 @@ class IFT(_Implicit):
     def __post_init__(self):
         if self.solver not in ("anderson", "picard", "broyden", "gmres"):
             raise ValueError(f"IFT: solver={self.solver!r} is not one of 'anderson', 'picard', 'broyden', 'gmres'")
-        if self.max_iter is not None and not (isinstance(self.max_iter, int) and self.max_iter >= 1):
-            raise ValueError(f"IFT: max_iter={self.max_iter!r} must be an int >= 1")
+        if self.max_iter is not None:
+            check_int("IFT", 1, max_iter=self.max_iter)
         if self.tol is not None and not self.tol >= 0:
             raise ValueError(f"IFT: tol={self.tol!r} must be >= 0")
         if self.restart is not None and (self.solver != "gmres" or not (isinstance(self.restart, int)
@@ -228,8 +229,7 @@ class Neumann(_Implicit):
     clip: Optional[float] = None  # per-sample bound on each term's growth (None: no clip)
 
     def __post_init__(self):
-        if not (isinstance(self.k, int) and self.k >= 0):
-            raise ValueError(f"Neumann: k={self.k!r} must be an int >= 0")
+        check_int("Neumann", 0, k=self.k)
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"Neumann: clip={self.clip!r} must be > 0 or None")
 
@@ -238,7 +238,7 @@ class Neumann(_Implicit):
         for _ in range(self.k):
             nxt = apply_a(term)
             if self.clip is not None:
-                ratio = jnp.sqrt(_sq_norm(nxt)) / jnp.maximum(jnp.sqrt(_sq_norm(term)), 1e-30)
+                ratio = jnp.sqrt(sq_norm(nxt)) / jnp.maximum(jnp.sqrt(sq_norm(term)), 1e-30)
                 nxt = nxt * jnp.minimum(1.0, self.clip / jnp.maximum(ratio, 1e-30))[:, None].astype(nxt.dtype)
             term = nxt
             u = u + term
@@ -267,10 +267,8 @@ class Phantom(Backward):
     damping: float = 1.0  # step length of each phantom step
 
     def __post_init__(self):
-        if not (isinstance(self.k, int) and self.k >= 1):
-            raise ValueError(f"Phantom: k={self.k!r} must be an int >= 1")
-        if not 0 < self.damping <= 1:
-            raise ValueError(f"Phantom: damping={self.damping!r} must be in (0, 1]")
+        check_int("Phantom", 1, k=self.k)
+        check_step("Phantom", damping=self.damping)
 
     def apply(self, solver, fn, x0, params, layout, probe):
         sg = jax.lax.stop_gradient

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from attractor_jax.implicit.fixed_point import BatchLayout
-from attractor_jax.implicit.solvers import _sq_norm
+from attractor_jax.implicit.solvers import sq_norm
 
 
 def _normal_like(key: jax.Array, tree: Any) -> Any:
@@ -60,13 +60,13 @@ def spectral_radius(
     layout = BatchLayout(y_star, batch_axis)
     _, jvp = jax.linearize(lambda y: f(y, *args), y_star)
     v = layout.flatten(_normal_like(key, y_star)).astype(jnp.float32)
-    v = v / jnp.sqrt(jnp.maximum(_sq_norm(v), 1e-30))[:, None]
+    v = v / jnp.sqrt(jnp.maximum(sq_norm(v), 1e-30))[:, None]
     burn_in = n_iter // 2
 
     def body(i, carry):
         v, log_growth = carry
         w = layout.flatten(jvp(layout.unflatten(v.astype(layout.dtype)))).astype(jnp.float32)
-        norm = jnp.sqrt(jnp.maximum(_sq_norm(w), 1e-30))
+        norm = jnp.sqrt(jnp.maximum(sq_norm(w), 1e-30))
         log_growth = log_growth + jnp.where(i >= burn_in, jnp.log(norm), 0.0)
         return w / norm[:, None], log_growth
 

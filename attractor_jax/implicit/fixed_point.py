@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from attractor_jax.implicit.backward import _PROBE_FIELDS, IFT, Backward
+from attractor_jax.implicit.backward import IFT, PROBE_FIELDS, Backward
 from attractor_jax.implicit.solvers import Anderson, Solver
 from attractor_jax.implicit.types import Solution, SolverStats
 
@@ -136,11 +136,9 @@ def fixed_point(
     if not isinstance(backward, Backward):
         raise TypeError(f"fixed_point: backward={backward!r} must be IFT, Neumann, Phantom or Unrolled")
     layout = BatchLayout(y0, batch_axis, causal_axis)
-    if probe is not None and tuple(probe.shape) != layout.stats_shape + (_PROBE_FIELDS,):
-        raise ValueError(
-            f"fixed_point: probe has shape {tuple(probe.shape)}, expected {layout.stats_shape + (_PROBE_FIELDS,)} "
-            "(use adjoint_probe(stats_shape))"
-        )
+    if probe is not None and tuple(probe.shape) != layout.stats_shape + (PROBE_FIELDS,):
+        raise ValueError(f"fixed_point: probe has shape {tuple(probe.shape)}, expected "
+                         f"{layout.stats_shape + (PROBE_FIELDS,)} (use adjoint_probe(stats_shape))")
 
     def finish(x, stats: SolverStats) -> Solution:
         stats = jax.tree_util.tree_map(layout.per_sample, stats)

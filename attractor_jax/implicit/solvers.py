@@ -62,7 +62,7 @@ def _inner(a: jax.Array, b: jax.Array, subscripts: str) -> jax.Array:
     return jnp.real(out) if jnp.iscomplexobj(out) else out
 
 
-def _sq_norm(x: jax.Array) -> jax.Array:
+def sq_norm(x: jax.Array) -> jax.Array:
     """Per-sample squared Euclidean norm sum |x|^2 of a ``[S, N]`` array, real, in at least float32."""
     x = x.astype(_acc(x.dtype))
     return jnp.sum(jnp.real(x * jnp.conj(x)) if jnp.iscomplexobj(x) else x * x, axis=-1)
@@ -72,7 +72,7 @@ def _err_and_norm(fx: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(||fx - x||, ||x||) per sample, real, in at least float32; never differentiated."""
     fx, x = lax.stop_gradient(fx), lax.stop_gradient(x)
     acc = _acc(x.dtype)
-    return jnp.sqrt(_sq_norm(fx.astype(acc) - x.astype(acc))), jnp.sqrt(_sq_norm(x))
+    return jnp.sqrt(sq_norm(fx.astype(acc) - x.astype(acc))), jnp.sqrt(sq_norm(x))
 
 
 def relative_residual(fx: jax.Array, x: jax.Array) -> jax.Array:
@@ -81,15 +81,18 @@ def relative_residual(fx: jax.Array, x: jax.Array) -> jax.Array:
     return (err / jnp.maximum(norm, _EPS)).astype(jnp.float32)
 
 
-def _check_common(name: str, tol: float, atol: float, max_iter: int, min_iter: int) -> None:
-    if not (isinstance(max_iter, int) and max_iter >= 0):
-        raise ValueError(f"{name}: max_iter={max_iter!r} must be an int >= 0")
-    if not (isinstance(min_iter, int) and 0 <= min_iter):
-        raise ValueError(f"{name}: min_iter={min_iter!r} must be an int >= 0")
-    if not tol >= 0:
-        raise ValueError(f"{name}: tol={tol!r} must be a number >= 0")
-    if not atol >= 0:
-        raise ValueError(f"{name}: atol={atol!r} must be a number >= 0")
+def check_int(owner: str, lo: int, **values: Any) -> None:
+    """Each value is an int >= ``lo``; otherwise ValueError naming ``owner`` and the field."""
+    for k, v in values.items():
+        if not (isinstance(v, int) and v >= lo):
+            raise ValueError(f"{owner}: {k}={v!r} must be an int >= {lo}")
+
+
+def check_step(owner: str, **values: Any) -> None:
+    """Each value (a step length or mixing weight) is in (0, 1]; otherwise ValueError."""
+    for k, v in values.items():
+        if not 0 < v <= 1:
+            raise ValueError(f"{owner}: {k}={v!r} must be in (0, 1]")
 
 
 class _Coupling(NamedTuple):
@@ -145,7 +148,10 @@ class Solver:
 
     def __post_init__(self):
         name = type(self).__name__
-        _check_common(name, self.tol, self.atol, self.max_iter, self.min_iter)
+        check_int(name, 0, max_iter=self.max_iter, min_iter=self.min_iter)
+        for k in ("tol", "atol"):
+            if not getattr(self, k) >= 0:
+                raise ValueError(f"{name}: {k}={getattr(self, k)!r} must be a number >= 0")
         if not self.divergence > 1:
             raise ValueError(f"{name}: divergence={self.divergence!r} must be > 1")
         self._check()
@@ -156,20 +162,11 @@ class Solver:
     def init(self, x0: jax.Array) -> Any:
         raise NotImplementedError
 
-    def propose(
-        self, mem: Any, k: jax.Array, x: jax.Array, fx: jax.Array, res: jax.Array
-    ) -> tuple[jax.Array, Any]:
+    def propose(self, mem: Any, k: jax.Array, x: jax.Array, fx: jax.Array, res: jax.Array) -> tuple[jax.Array, Any]:
         raise NotImplementedError
 
-    def solve(
-        self,
-        fn: Callable[[jax.Array], jax.Array],
-        x0: jax.Array,
-        *,
-        differentiable: bool = False,
-        seq_len: int | None = None,
-        reverse: bool = False,
-    ) -> tuple[jax.Array, SolverStats]:
+    def solve(self, fn: Callable[[jax.Array], jax.Array], x0: jax.Array, *, differentiable: bool = False,
+              seq_len: int | None = None, reverse: bool = False) -> tuple[jax.Array, SolverStats]:
         """Solve x = fn(x) for a ``[S, N]`` state. Returns a measured point per sample and its exact stats.
 
         ``differentiable=True`` runs a fixed ``max_iter``-step ``lax.scan`` (frozen samples masked) so that
@@ -182,19 +179,9 @@ class Solver:
         if seq_len is not None and not (isinstance(seq_len, int) and seq_len >= 1 and s % seq_len == 0):
             raise ValueError(f"solver: seq_len={seq_len!r} must be an int >= 1 dividing the {s} samples")
         coupling = _Coupling(seq_len, reverse)
-        no = jnp.zeros((s,), bool)
-        carry = _Carry(
-            k=jnp.zeros((), jnp.int32),
-            x=x0,
-            mem=self.init(x0),
-            best=x0,
-            best_res=jnp.full((s,), jnp.inf, jnp.float32),
-            best_ok=no,
-            low=jnp.full((s,), jnp.inf, jnp.float32),
-            iters=jnp.zeros((s,), jnp.int32),
-            settled=no,
-            diverged=no,
-        )
+        no, inf = jnp.zeros((s,), bool), jnp.full((s,), jnp.inf, jnp.float32)
+        carry = _Carry(k=jnp.zeros((), jnp.int32), x=x0, mem=self.init(x0), best=x0, best_res=inf, best_ok=no,
+                       low=inf, iters=jnp.zeros((s,), jnp.int32), settled=no, diverged=no)
         if self.max_iter > 0:
             body = lambda c: self._step(fn, c, coupling)  # noqa: E731
             if differentiable:
@@ -202,9 +189,8 @@ class Solver:
             else:
                 carry = lax.while_loop(self._keep_going, body, carry)
         converged = carry.best_ok & (carry.iters >= self.min_iter) & ~carry.diverged
-        return carry.best, SolverStats(
-            iterations=carry.iters, residual=carry.best_res, converged=converged, diverged=carry.diverged
-        )
+        return carry.best, SolverStats(iterations=carry.iters, residual=carry.best_res, converged=converged,
+                                       diverged=carry.diverged)
 
     def _keep_going(self, c: _Carry) -> jax.Array:
         return (c.k < self.max_iter) & ~jnp.all(c.settled | c.diverged)
@@ -263,8 +249,7 @@ class Picard(Solver):
     damping: float = 1.0  # step length: x <- x + damping (f(x) - x)
 
     def _check(self):
-        if not 0 < self.damping <= 1:
-            raise ValueError(f"Picard: damping={self.damping!r} must be in (0, 1]")
+        check_step("Picard", damping=self.damping)
 
     def init(self, x0):
         return ()
@@ -339,10 +324,8 @@ class Anderson(Solver):
     restart: bool = True  # clear the history when a sample's residual rises
 
     def _check(self):
-        if not (isinstance(self.m, int) and self.m >= 1):
-            raise ValueError(f"Anderson: m={self.m!r} must be an int >= 1")
-        if not 0 < self.beta <= 1:
-            raise ValueError(f"Anderson: beta={self.beta!r} must be in (0, 1]")
+        check_int("Anderson", 1, m=self.m)
+        check_step("Anderson", beta=self.beta)
         if not self.ridge >= 0:
             raise ValueError(f"Anderson: ridge={self.ridge!r} must be >= 0")
 
@@ -420,8 +403,7 @@ class Broyden(Solver):
     memory: int = 20  # rank of the inverse-Jacobian estimate (ring buffer)
 
     def _check(self):
-        if not (isinstance(self.memory, int) and self.memory >= 1):
-            raise ValueError(f"Broyden: memory={self.memory!r} must be an int >= 1")
+        check_int("Broyden", 1, memory=self.memory)
 
     def init(self, x0):
         s, n = x0.shape

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
+import attractor_jax.interop.reference as ref_mod
 from attractor_jax.data.common import atomic_path
-from attractor_jax.interop import reference as ref_mod
 from attractor_jax.interop.safetensors import load_safetensors, save_safetensors
 from attractor_jax.interop.torch_format import load_state_dict, save_state_dict
 from attractor_jax.models.config import LMConfig, ParcaeConfig

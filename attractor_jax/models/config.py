@@ -31,10 +31,13 @@ def _check_choice(owner: str, field: str, value: Any, choices: tuple) -> None:
         raise ValueError(f"{owner}.{field}={value!r} is not valid; expected one of {choices}")
 
 
-def _check_positive(owner: str, **values: Any) -> None:
-    for k, v in values.items():
-        if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
-            raise ValueError(f"{owner}.{k}={v!r} must be a positive int")
+def _check_ints(cfg: Any, names: str, lo: int = 1) -> None:
+    """Each of the (space-separated) fields ``names`` of ``cfg`` is an int >= ``lo``, not a bool."""
+    for k in names.split():
+        v = getattr(cfg, k)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
+            what = "a positive int" if lo == 1 else f"an int >= {lo}"
+            raise ValueError(f"{type(cfg).__name__}.{k}={v!r} must be {what}")
 
 
 def _check_solve(owner: str, cfg: Any) -> None:
@@ -80,14 +83,7 @@ class LMConfig:
     attention_impl: str | None = None
 
     def __post_init__(self):
-        _check_positive(
-            type(self).__name__,
-            vocab_size=self.vocab_size,
-            d_model=self.d_model,
-            n_heads=self.n_heads,
-            mlp_dim=self.mlp_dim,
-            max_seq_len=self.max_seq_len,
-        )
+        _check_ints(self, "vocab_size d_model n_heads mlp_dim max_seq_len")
         _check_choice(self.arch, "mlp_type", self.mlp_type, MLP_TYPES)
         _check_choice(self.arch, "dtype", self.dtype, DTYPES)
         _check_choice(self.arch, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
@@ -99,23 +95,9 @@ class LMConfig:
         return math.sqrt(2.0 / (5.0 * self.d_model))
 
     def block_config(self, **changes: Any) -> BlockConfig:
-        bc = BlockConfig(
-            d_model=self.d_model,
-            n_heads=self.n_heads,
-            n_kv_heads=self.n_kv_heads,
-            head_dim=self.head_dim,
-            mlp_dim=self.mlp_dim,
-            mlp_type=self.mlp_type,
-            norm_eps=self.norm_eps,
-            rope_base=self.rope_base,
-            qk_norm=self.qk_norm,
-            causal=self.causal,
-            dtype=self.dtype,
-            attention_impl=self.attention_impl,
-            init_std=self.std,
-            init_orthogonal=self.init_orthogonal,
-            out_init="zero",
-        )
+        shared = ("d_model n_heads n_kv_heads head_dim mlp_dim mlp_type norm_eps rope_base qk_norm causal dtype "
+                  "attention_impl init_orthogonal").split()
+        bc = BlockConfig(**{k: getattr(self, k) for k in shared}, init_std=self.std, out_init="zero")
         return dataclasses.replace(bc, **changes) if changes else bc
 
 
@@ -131,7 +113,7 @@ class GPTConfig(LMConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_positive("GPTConfig", n_layers=self.n_layers)
+        _check_ints(self, "n_layers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,16 +152,8 @@ class ParcaeConfig(LMConfig):
             n = self.n_prelude + self.n_core + self.n_coda
             if any(not isinstance(i, int) or not 0 <= i < n for i in self.ve_layers):
                 raise ValueError(f"ParcaeConfig.ve_layers={self.ve_layers!r} must hold layer indices in [0, {n})")
-        _check_positive(
-            "ParcaeConfig",
-            n_core=self.n_core,
-            mean_recurrence=self.mean_recurrence,
-            mean_backprop_depth=self.mean_backprop_depth,
-        )
-        for k in ("n_prelude", "n_coda"):
-            v = getattr(self, k)
-            if not (isinstance(v, int) and v >= 0):
-                raise ValueError(f"ParcaeConfig.{k}={v!r} must be an int >= 0")
+        _check_ints(self, "n_core mean_recurrence mean_backprop_depth")
+        _check_ints(self, "n_prelude n_coda", lo=0)
         _check_choice("parcae", "sampling", self.sampling, ("poisson-truncated-full", "fixed"))
         _check_choice("parcae", "state_init", self.state_init, ("like-init", "zero"))
         if not 0.0 < self.ssm_decay < 1.0:
@@ -241,22 +215,17 @@ class AttractorConfig(LMConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_positive("AttractorConfig", n_fp_blocks=self.n_fp_blocks)
+        _check_ints(self, "n_fp_blocks")
         _check_choice("attractor", "injection", self.injection, self.INJECTIONS)
         _check_choice("attractor", "solve_init", self.solve_init, self.SOLVE_INITS)
-        if not (isinstance(self.n_backbone_layers, int) and self.n_backbone_layers >= 0):
-            raise ValueError(
-                f"AttractorConfig.n_backbone_layers={self.n_backbone_layers!r} must be an int >= 0"
-            )
+        _check_ints(self, "n_backbone_layers", lo=0)
         if not self.gamma_max > 0:
             raise ValueError(f"attractor.gamma_max={self.gamma_max!r} must be > 0")
         _check_solve("attractor", self)
         _check_choice("attractor", "solve_mixing", self.solve_mixing, MIXINGS)
         if self.solve_mixing == "token" and not self.causal:
-            raise ValueError(
-                "attractor: solve_mixing='token' needs a causal head (causal=True); a non-causal head couples "
-                "every token with every other, so use solve_mixing='sequence'"
-            )
+            raise ValueError("attractor: solve_mixing='token' needs a causal head (causal=True); a non-causal head "
+                             "couples every token with every other, so use solve_mixing='sequence'")
 
 
 POS_ENCODINGS = ("rope", "learned", "none")
@@ -318,43 +287,24 @@ class TRMConfig:
 
     def __post_init__(self):
         owner = type(self).__name__
-        _check_positive(
-            owner,
-            vocab_size=self.vocab_size,
-            seq_len=self.seq_len,
-            num_puzzle_identifiers=self.num_puzzle_identifiers,
-            hidden_size=self.hidden_size,
-            num_heads=self.num_heads,
-            L_layers=self.L_layers,
-            H_cycles=self.H_cycles,
-            halt_max_steps=self.halt_max_steps,
-        )
-        for k in ("L_cycles", "puzzle_emb_len"):
-            v = getattr(self, k)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
-                raise ValueError(f"{owner}.{k}={v!r} must be an int >= 0")
-        if self.puzzle_emb_ndim is not None and not (
-            isinstance(self.puzzle_emb_ndim, int) and self.puzzle_emb_ndim >= 0
-        ):
+        _check_ints(self, "vocab_size seq_len num_puzzle_identifiers hidden_size num_heads L_layers H_cycles "
+                          "halt_max_steps")
+        _check_ints(self, "L_cycles puzzle_emb_len", lo=0)
+        if self.puzzle_emb_ndim is not None and not (isinstance(self.puzzle_emb_ndim, int)
+                                                     and self.puzzle_emb_ndim >= 0):
             raise ValueError(f"{owner}.puzzle_emb_ndim={self.puzzle_emb_ndim!r} must be None or an int >= 0")
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
-            raise ValueError(
-                f"{owner}: hidden_size={self.hidden_size} must split into num_heads={self.num_heads} "
-                "heads of even size (RoPE)"
-            )
+            raise ValueError(f"{owner}: hidden_size={self.hidden_size} must split into num_heads={self.num_heads} "
+                             "heads of even size (RoPE)")
         if not 0.0 <= self.halt_exploration_prob <= 1.0:
-            raise ValueError(
-                f"{owner}.halt_exploration_prob={self.halt_exploration_prob!r} must be in [0, 1]"
-            )
+            raise ValueError(f"{owner}.halt_exploration_prob={self.halt_exploration_prob!r} must be in [0, 1]")
         if not self.out_init_scale >= 0:
             raise ValueError(f"{owner}.out_init_scale={self.out_init_scale!r} must be >= 0")
         if not self.expansion > 0:
             raise ValueError(f"{owner}.expansion={self.expansion!r} must be > 0")
         if self.puzzle_ndim > self.puzzle_len * self.hidden_size:
-            raise ValueError(
-                f"{owner}: puzzle_emb_ndim={self.puzzle_ndim} does not fit in "
-                f"puzzle_emb_len={self.puzzle_emb_len} tokens of width {self.hidden_size}"
-            )
+            raise ValueError(f"{owner}: puzzle_emb_ndim={self.puzzle_ndim} does not fit in "
+                             f"puzzle_emb_len={self.puzzle_emb_len} tokens of width {self.hidden_size}")
         _check_choice(self.arch, "pos_encodings", self.pos_encodings, POS_ENCODINGS)
         _check_choice(self.arch, "loss_type", self.loss_type, REASONER_LOSSES)
         _check_choice(self.arch, "dtype", self.dtype, DTYPES)
@@ -417,7 +367,7 @@ class AttractorReasonerConfig(TRMConfig):
         super().__post_init__()
         if not self.jacobian_weight >= 0:
             raise ValueError(f"attractor_reasoner.jacobian_weight={self.jacobian_weight!r} must be >= 0")
-        _check_positive("AttractorReasonerConfig", jacobian_samples=self.jacobian_samples)
+        _check_ints(self, "jacobian_samples")
         _check_solve("attractor_reasoner", self)
 
 

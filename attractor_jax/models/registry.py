@@ -92,48 +92,20 @@ def get_config(name: str | LMConfig, **overrides: Any) -> LMConfig:
 def _model_class(cfg: LMConfig):
     cls = MODEL_CLASSES.get(type(cfg))
     if cls is None:
-        raise ValueError(
-            f"no model for config type {type(cfg).__name__}; expected one of "
-            f"{[c.__name__ for c in MODEL_CLASSES]}"
-        )
+        raise ValueError(f"no model for config type {type(cfg).__name__}; expected one of "
+                         f"{[c.__name__ for c in MODEL_CLASSES]}")
     return cls
 
 
 # Fields that never change parameter shapes or initial values: models differing only in these share one
 # compiled initialiser.
 _NON_PARAM_FIELDS = (
-    "name",
-    "solver",
-    "backward",
-    "solve_mixing",
-    "bf16_tol",
-    "dtype",
-    "attention_impl",
-    "fp_lr_scale",
-    "fp_wd",
-    "max_seq_len",
-    "logit_scale",
-    "logit_softcap",
-    "embed_scale",
-    "causal",
-    "rope_base",
-    "qk_norm",
-    "norm_eps",
-    "mean_recurrence",
-    "mean_backprop_depth",
-    "sampling",
-    "state_init",
+    "name", "solver", "backward", "solve_mixing", "bf16_tol", "dtype", "attention_impl", "fp_lr_scale", "fp_wd",
+    "max_seq_len", "logit_scale", "logit_softcap", "embed_scale", "causal", "rope_base", "qk_norm", "norm_eps",
+    "mean_recurrence", "mean_backprop_depth", "sampling", "state_init",
     # puzzle reasoners
-    "H_cycles",
-    "L_cycles",
-    "halt_max_steps",
-    "halt_exploration_prob",
-    "no_ACT_continue",
-    "rope_theta",
-    "rms_norm_eps",
-    "loss_type",
-    "jacobian_weight",
-    "jacobian_samples",
+    "H_cycles", "L_cycles", "halt_max_steps", "halt_exploration_prob", "no_ACT_continue", "rope_theta",
+    "rms_norm_eps", "loss_type", "jacobian_weight", "jacobian_samples",
 )
 
 
@@ -239,13 +211,7 @@ def _depth_settings(cfg: LMConfig) -> dict[str, Any] | None:
     if isinstance(cfg, AttractorConfig):
         return {"solver": kind_dict(cfg.solver), "backward": kind_dict(cfg.backward)}
     if isinstance(cfg, ParcaeConfig):
-        return {
-            "recurrence": {
-                "mean_recurrence": cfg.mean_recurrence,
-                "mean_backprop_depth": cfg.mean_backprop_depth,
-                "sampling": cfg.sampling,
-            }
-        }
+        return {"recurrence": {k: getattr(cfg, k) for k in ("mean_recurrence", "mean_backprop_depth", "sampling")}}
     return None
 
 
@@ -255,14 +221,8 @@ def preset_summary(name: str | LMConfig, **overrides: Any) -> dict[str, Any]:
     cfg = get_config(name, **overrides)
     counts = param_counts(cfg)
     ref = REFERENCE_PARAMS.get(cfg.name) if not overrides else None
-    return {
-        "name": cfg.name,
-        "arch": cfg.arch,
-        **counts,
-        "reference_total": ref,
-        "depth": _depth_settings(cfg),
-        "config": config_to_dict(cfg),
-    }
+    return {"name": cfg.name, "arch": cfg.arch, **counts, "reference_total": ref, "depth": _depth_settings(cfg),
+            "config": config_to_dict(cfg)}
 
 
 def _solver_lines(d: dict, cfg: dict) -> list[str]:
@@ -271,30 +231,26 @@ def _solver_lines(d: dict, cfg: dict) -> list[str]:
             for head, items in (("solver", {**d["solver"], **solve}), ("backward", d["backward"]))]
 
 
+def _split_lines(total: int, groups: dict) -> list[str]:
+    return [f"  parameters: {total:,}"] + [f"    {k:<17}{v:>15,}  {100.0 * v / total:5.1f}%" for k, v in groups.items()]
+
+
 def _describe_reasoner(s: dict) -> str:
-    cfg, total = s["config"], s["total"]
-    lines = [
-        f"{s['name'] or '(custom)'}  [{s['arch']}]  hidden={cfg['hidden_size']} heads={cfg['num_heads']} "
-        f"L_layers={cfg['L_layers']} vocab={cfg['vocab_size']} seq_len={cfg['seq_len']} "
-        f"puzzle_emb_len={cfg['puzzle_emb_len']} dtype={cfg['dtype']}",
-        f"  parameters: {total:,}",
-    ]
-    for k, v in s["split"].items():
-        lines.append(f"    {k:<17}{v:>15,}  {100.0 * v / total:5.1f}%")
+    cfg = s["config"]
+    lines = [f"{s['name'] or '(custom)'}  [{s['arch']}]  hidden={cfg['hidden_size']} heads={cfg['num_heads']} "
+             f"L_layers={cfg['L_layers']} vocab={cfg['vocab_size']} seq_len={cfg['seq_len']} "
+             f"puzzle_emb_len={cfg['puzzle_emb_len']} dtype={cfg['dtype']}"]
+    lines += _split_lines(s["total"], s["split"])
     if s["reference_total"]:
         mine = s["total_without_puzzle_embedding"]
         dev = 100.0 * (mine - s["reference_total"]) / s["reference_total"]
-        lines.append(
-            f"    reference total  {s['reference_total']:>15,}  ({dev:+.2f}% vs {mine:,} without the puzzle "
-            "embedding, a buffer in the reference)"
-        )
+        lines.append(f"    reference total  {s['reference_total']:>15,}  ({dev:+.2f}% vs {mine:,} without the puzzle "
+                     "embedding, a buffer in the reference)")
     d = s["depth"]
     r = d["recursion"]
     inner = "solved z_L" if "solver" in d else f"L_cycles={r['L_cycles']}"
-    lines.append(
-        f"  recursion: H_cycles={r['H_cycles']} {inner}; ACT halt_max_steps={r['halt_max_steps']} "
-        f"exploration={r['halt_exploration_prob']}; mlp_t={cfg['mlp_t']} pos={cfg['pos_encodings']}"
-    )
+    lines.append(f"  recursion: H_cycles={r['H_cycles']} {inner}; ACT halt_max_steps={r['halt_max_steps']} "
+                 f"exploration={r['halt_exploration_prob']}; mlp_t={cfg['mlp_t']} pos={cfg['pos_encodings']}")
     if "solver" in d:
         lines += _solver_lines(d, cfg)
         lines.append(f"  jacobian penalty: {cfg['jacobian_weight']:g} ({cfg['jacobian_samples']} probe(s))")
@@ -306,33 +262,23 @@ def describe_preset(name: str | LMConfig, **overrides: Any) -> str:
     s = preset_summary(name, **overrides)
     if s["arch"] in ("trm", "attractor_reasoner"):
         return _describe_reasoner(s)
-    total = s["total"]
-    cfg = s["config"]
-    lines = [
-        f"{s['name'] or '(custom)'}  [{s['arch']}]  d={cfg['d_model']} heads={cfg['n_heads']} "
-        f"mlp={cfg['mlp_dim']} vocab={cfg['vocab_size']} dtype={cfg['dtype']}"
-    ]
-    lines.append(f"  parameters: {total:,}")
-    for k, v in s["split"].items():
-        if v or k in ("embedding", "backbone", "head", "other"):
-            lines.append(f"    {k:<17}{v:>15,}  {100.0 * v / total:5.1f}%")
+    total, cfg = s["total"], s["config"]
+    lines = [f"{s['name'] or '(custom)'}  [{s['arch']}]  d={cfg['d_model']} heads={cfg['n_heads']} "
+             f"mlp={cfg['mlp_dim']} vocab={cfg['vocab_size']} dtype={cfg['dtype']}"]
+    shown = {k: v for k, v in s["split"].items() if v or k in ("embedding", "backbone", "head", "other")}
+    lines += _split_lines(total, shown)
     if s["reference_total"]:
         dev = 100.0 * (total - s["reference_total"]) / s["reference_total"]
         lines.append(f"    reference total  {s['reference_total']:>15,}  ({dev:+.2f}%)")
     d = s["depth"]
     if d and "solver" in d:
         lines += _solver_lines(d, cfg)
-        lines.append(
-            f"  head: {cfg['n_fp_blocks']} block(s), gates init {cfg['layer_scale_init']} / max "
-            f"{cfg['gamma_max']}; backbone {cfg['n_backbone_layers']} layers"
-        )
+        lines.append(f"  head: {cfg['n_fp_blocks']} block(s), gates init {cfg['layer_scale_init']} / max "
+                     f"{cfg['gamma_max']}; backbone {cfg['n_backbone_layers']} layers")
     elif d:
         r = d["recurrence"]
-        lines.append(
-            f"  recurrence: prelude/core/coda {cfg['n_prelude']}/{cfg['n_core']}/{cfg['n_coda']}, "
-            f"mean depth {r['mean_recurrence']} ({r['sampling']}), backprop depth "
-            f"{r['mean_backprop_depth']}"
-        )
+        lines.append(f"  recurrence: prelude/core/coda {cfg['n_prelude']}/{cfg['n_core']}/{cfg['n_coda']}, "
+                     f"mean depth {r['mean_recurrence']} ({r['sampling']}), backprop depth {r['mean_backprop_depth']}")
     else:
         lines.append(f"  layers: {cfg['n_layers']}, value embeddings: {cfg['value_embeds']}")
     return "\n".join(lines)

@@ -106,10 +106,8 @@ def parse_topology(text: str, num_slices: int = 1) -> Topology:
     text = text.strip().lower()
     if num_slices < 1:
         raise AOTError(f"--num-slices={num_slices} must be >= 1")
-    known = (
-        "accelerator types v5litepod-N (= v5e-N), v6e-N, v4-N, v5p-N, or libtpu names such as v5e:4x4, "
-        "v6e:16x16, v4:4x4x4, v5p:2x2x2"
-    )
+    known = ("accelerator types v5litepod-N (= v5e-N), v6e-N, v4-N, v5p-N, or libtpu names such as v5e:4x4, "
+             "v6e:16x16, v4:4x4x4, v5p:2x2x2")
     m_type = re.fullmatch(r"(v\d[a-z]*)-(\d+)", text)
     m_name = re.fullmatch(r"(v\d[a-z]*):(\d+(?:x\d+){1,2})", text)
     if not (m_type or m_name):
@@ -117,31 +115,23 @@ def parse_topology(text: str, num_slices: int = 1) -> Topology:
     gen = (m_type or m_name).group(1)
     gen = _ALIASES.get(gen, gen)
     if gen not in _GENERATIONS:
-        raise AOTError(
-            f"unknown TPU generation in {original!r}; supported: {', '.join(_GENERATIONS)} ({known})"
-        )
+        raise AOTError(f"unknown TPU generation in {original!r}; supported: {', '.join(_GENERATIONS)} ({known})")
     g = _GENERATIONS[gen]
     table = _SHAPES_3D if g["dims"] == 3 else _SHAPES_2D
     if m_type:
         n = int(m_type.group(2))
         if n % g["cores_per_chip"]:
-            raise AOTError(
-                f"{original!r}: {gen} accelerator types count TensorCores ({g['cores_per_chip']} per chip)"
-            )
+            raise AOTError(f"{original!r}: {gen} accelerator types count TensorCores ({g['cores_per_chip']} per chip)")
         chips = n // g["cores_per_chip"]
         if chips not in table:
-            sizes = ", ".join(
-                f"{gen if gen != 'v5e' else 'v5litepod'}-{c * g['cores_per_chip']}" for c in table
-            )
+            sizes = ", ".join(f"{gen if gen != 'v5e' else 'v5litepod'}-{c * g['cores_per_chip']}" for c in table)
             raise AOTError(f"unknown TPU topology {original!r}; {gen} slices are {sizes}")
         shape = table[chips]
     else:
         shape = tuple(int(x) for x in m_name.group(2).split("x"))
         if len(shape) != g["dims"] or 0 in shape:
-            raise AOTError(
-                f"TPU topology {original!r}: {gen} slices are {g['dims']}-D chip grids "
-                f"(e.g. {gen}:{'x'.join(map(str, table[16]))})"
-            )
+            raise AOTError(f"TPU topology {original!r}: {gen} slices are {g['dims']}-D chip grids "
+                           f"(e.g. {gen}:{'x'.join(map(str, table[16]))})")
         chips = math.prod(shape)
     grid = shape + (1,) * (3 - len(shape))
     if g["dims"] == 2:
@@ -150,23 +140,13 @@ def parse_topology(text: str, num_slices: int = 1) -> Topology:
         wrap = (min(grid) >= 4,) * 3
     bounds = (1, 1, 1) if chips == 1 else (2, 2, 1)
     if any(d % b for d, b in zip(grid, bounds, strict=True)):
-        raise AOTError(
-            f"TPU topology {original!r}: the chip grid {'x'.join(map(str, shape))} is not a multiple "
-            f"of the 2x2 chips of a host"
-        )
+        raise AOTError(f"TPU topology {original!r}: the chip grid {'x'.join(map(str, shape))} is not a multiple "
+                       f"of the 2x2 chips of a host")
     label = {"v5e": "v5litepod"}.get(gen, gen)
-    return Topology(
-        generation=gen,
-        shape=shape,
-        name=f"{g['libtpu']}:{'x'.join(map(str, shape))}",
-        accelerator_type=f"{label}-{chips * g['cores_per_chip']}",
-        chips=chips,
-        hbm_bytes=g["hbm"],
-        chip_config_name=g["chip_config"],
-        chips_per_host_bounds=bounds,
-        wrap=wrap,
-        num_slices=num_slices,
-    )
+    return Topology(generation=gen, shape=shape, name=f"{g['libtpu']}:{'x'.join(map(str, shape))}",
+                    accelerator_type=f"{label}-{chips * g['cores_per_chip']}", chips=chips, hbm_bytes=g["hbm"],
+                    chip_config_name=g["chip_config"], chips_per_host_bounds=bounds, wrap=wrap,
+                    num_slices=num_slices)
 
 
 @contextlib.contextmanager
@@ -194,10 +174,8 @@ def _captured_fd2():
 def topology_devices(topology: Topology) -> list:
     """Compile-only TPU devices of ``topology`` (needs libtpu, not a TPU)."""
     if not libtpu_available():
-        raise AOTError(
-            f"libtpu is not installed, so TPU programs cannot be compiled here: {_jax_tpu_pip()} "
-            "(about 210 MB), or set TPU_LIBRARY_PATH to a libtpu.so"
-        )
+        raise AOTError(f"libtpu is not installed, so TPU programs cannot be compiled here: {_jax_tpu_pip()} "
+                       "(about 210 MB), or set TPU_LIBRARY_PATH to a libtpu.so")
     # Another JAX process of this environment may hold /tmp/libtpu_lockfile (libtpu takes it whenever JAX
     # probes for TPUs); compile-only use does not touch chips, so allow a second load.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -218,18 +196,12 @@ def topology_devices(topology: Topology) -> list:
             error = exc
     if error is not None:
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        hint = (
-            " (libtpu's log: " + log["text"].strip().splitlines()[-1][:300] + ")"
-            if log["text"].strip()
-            else ""
-        )
+        hint = f" (libtpu's log: {log['text'].strip().splitlines()[-1][:300]})" if log["text"].strip() else ""
         raise AOTError(f"libtpu could not describe TPU topology {topology.name!r}: {detail}{hint}")
     devices = list(desc.devices)
     if len(devices) != topology.devices_total:
-        raise AOTError(
-            f"libtpu describes {topology.name!r} with {len(devices)} devices, expected "
-            f"{topology.devices_total}"
-        )
+        raise AOTError(f"libtpu describes {topology.name!r} with {len(devices)} devices, expected "
+                       f"{topology.devices_total}")
     return devices
 
 
@@ -273,21 +245,18 @@ _STATE_PARTS = ("params", "opt_state", "ema", "buffers", "carry")
 
 def _check(run, topo: Topology) -> dict[str, int]:
     """The mesh sizes for ``run`` on ``topo``; `AOTError` for a mesh or batch that does not fit the chips."""
+    import attractor_jax.train.sharding as shd
     from attractor_jax.models import is_reasoner
-    from attractor_jax.train import sharding as shd
 
     t = run.train
     try:
         shd.parse_mesh(t.mesh, topo.devices_total)
     except ValueError as exc:
-        raise AOTError(
-            f"mesh {t.mesh!r} does not fit TPU topology {topo.name} ({topo.devices_total} chips): {exc}"
-        ) from None
+        msg = f"mesh {t.mesh!r} does not fit TPU topology {topo.name} ({topo.devices_total} chips): {exc}"
+        raise AOTError(msg) from None
     if is_reasoner(run.model) and t.grad_accum != 1:
-        raise AOTError(
-            f"train.grad_accum={t.grad_accum}: puzzle reasoners train with grad_accum 1 (the ACT carry "
-            "belongs to the rows of one global batch)"
-        )
+        raise AOTError(f"train.grad_accum={t.grad_accum}: puzzle reasoners train with grad_accum 1 (the ACT carry "
+                       "belongs to the rows of one global batch)")
     try:
         return shd.check_batch(t.batch_size, t.grad_accum, t.mesh, topo.devices_total)
     except ValueError as exc:
@@ -321,10 +290,8 @@ def _replication_notes(report: dict, sizes: dict) -> list[str]:
         for part in ("params", "opt_state"):
             total, per = report["state_total"][part], report["state_per_chip"][part]
             if total and per > 0.5 * total:
-                notes.append(
-                    f"{part} is {100 * per / total:.0f}% replicated per chip despite fsdp×tensor="
-                    f"{sizes['fsdp'] * sizes['tensor']} ({_gib(per)} of {_gib(total)})"
-                )
+                notes.append(f"{part} is {100 * per / total:.0f}% replicated per chip despite fsdp×tensor="
+                             f"{sizes['fsdp'] * sizes['tensor']} ({_gib(per)} of {_gib(total)})")
     return notes
 
 
@@ -384,28 +351,18 @@ def format_report(r: dict) -> str:
         f"host{'s' if r['hosts'] > 1 else ''}), mesh {mesh}, "
         f"batch {r['batch_size']}×{r['seq_len']} (grad_accum {r['grad_accum']})"
     ]
-    sp = r["state_per_chip"]
-    st = r["state_total"]
-    label = {"opt_state": "optimizer", "ema": "EMA"}
-    lines.append(
-        "  state per chip: "
-        + ", ".join(f"{label.get(p, p)} {_gib(sp[p])} (of {_gib(st[p])})" for p in sp)
-    )
+    sp, st, label = r["state_per_chip"], r["state_total"], {"opt_state": "optimizer", "ema": "EMA"}
+    lines.append("  state per chip: " + ", ".join(f"{label.get(p, p)} {_gib(sp[p])} (of {_gib(st[p])})" for p in sp))
     lines += [f"  note: {n}" for n in r.get("notes", [])]
     m = r["memory_per_chip"]
     if r["error"]:
         lines.append(f"  DOES NOT FIT: {r['error']}")
     else:
-        lines.append(
-            f"  per chip: arguments {_gib(m['arguments'])}, outputs {_gib(m['outputs'])} "
-            f"(aliased {_gib(m['aliased'])}), temps {_gib(m['temps'])}, code {_gib(m['generated_code'])}"
-        )
-        lines.append(
-            f"  total {_gib(m['total'])} of {_gib(r['hbm_per_chip'])} HBM: "
-            + ("fits" if r["fits"] else "DOES NOT FIT")
-            + f" (headroom {_gib(r['headroom'])}); "
-            f"compiled in {r['compile_seconds']:.0f} s"
-        )
+        lines.append(f"  per chip: arguments {_gib(m['arguments'])}, outputs {_gib(m['outputs'])} "
+                     f"(aliased {_gib(m['aliased'])}), temps {_gib(m['temps'])}, code {_gib(m['generated_code'])}")
+        lines.append(f"  total {_gib(m['total'])} of {_gib(r['hbm_per_chip'])} HBM: "
+                     + ("fits" if r["fits"] else "DOES NOT FIT")
+                     + f" (headroom {_gib(r['headroom'])}); compiled in {r['compile_seconds']:.0f} s")
         if r.get("collectives"):
             ops = ", ".join(f"{n} {op}" for op, n in r["collectives"].items() if n)
             lines.append(f"  collectives per step: {ops or 'none'}")
@@ -413,36 +370,21 @@ def format_report(r: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m attractor_jax.train.aot",
-        description="Compile the train step for a TPU slice on this machine (no TPU "
-        "needed) and report per-chip memory.",
-    )
+    p = argparse.ArgumentParser(prog="python -m attractor_jax.train.aot", description="Compile the train step for "
+                                "a TPU slice on this machine (no TPU needed) and report per-chip memory.")
     p.add_argument("--preset", required=True, help="model preset, e.g. attractor-large-770m")
-    p.add_argument(
-        "--topology",
-        required=True,
-        help="v5litepod-256 / v5e-16 / v4-128 / v5p-128 / v6e-64, or v5e:16x16 / v4:4x4x4",
-    )
-    p.add_argument(
-        "--num-slices", type=int, default=1, help="multislice: this many copies of the slice (DCN)"
-    )
+    p.add_argument("--topology", required=True,
+                   help="v5litepod-256 / v5e-16 / v4-128 / v5p-128 / v6e-64, or v5e:16x16 / v4:4x4x4")
+    p.add_argument("--num-slices", type=int, default=1, help="multislice: this many copies of the slice (DCN)")
     p.add_argument("--mesh", help="device mesh, e.g. fsdp=64,tensor=4 (default: all chips on data)")
     p.add_argument("--batch-size", type=int, help="global batch (= --set train.batch_size=N)")
     p.add_argument("--seq-len", type=int, help="= --set train.seq_len=N")
     p.add_argument("--grad-accum", type=int, help="= --set train.grad_accum=N")
-    p.add_argument(
-        "--dtype", help="compute dtype (= --set train.dtype=...); default: the preset's, as in training"
-    )
+    p.add_argument("--dtype", help="compute dtype (= --set train.dtype=...); default: the preset's, as in training")
     p.add_argument("--steps", type=int, help="total steps (only the schedule depends on it)")
     p.add_argument("--seed", type=int)
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        default=[],
-        help="config override as for `attractor-jax train` (repeatable)",
-    )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="config override as for `attractor-jax train` (repeatable)")
     p.add_argument("--json", metavar="PATH", help="write the report as JSON to PATH ('-': stdout only JSON)")
     return p
 
@@ -457,19 +399,8 @@ def run_from_args(args: argparse.Namespace):
             f"--seq-len: {args.preset} is a puzzle reasoner, whose sequence length is its model's "
             f"seq_len ({run.model.seq_len}); use --set model.seq_len=N"
         )
-    changes = {
-        k: v
-        for k, v in (
-            ("steps", args.steps),
-            ("seed", args.seed),
-            ("mesh", args.mesh),
-            ("batch_size", args.batch_size),
-            ("seq_len", args.seq_len),
-            ("grad_accum", args.grad_accum),
-            ("dtype", args.dtype),
-        )
-        if v is not None
-    }
+    changes = {k: getattr(args, k) for k in ("steps", "seed", "mesh", "batch_size", "seq_len", "grad_accum", "dtype")
+               if getattr(args, k) is not None}
     if changes:
         run = dataclasses.replace(run, train=dataclasses.replace(run.train, **changes))
     return apply_sets(run, args.set) if args.set else run

@@ -41,18 +41,10 @@ def _words(x: jax.Array) -> jax.Array:
         x = x.astype(jnp.uint8)
     if jnp.issubdtype(x.dtype, jnp.complexfloating):
         x = jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
-    size = x.dtype.itemsize
-    if size == 4:
-        w = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    elif size == 2:
-        w = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
-    elif size == 1:
-        w = jax.lax.bitcast_convert_type(x, jnp.uint8).astype(jnp.uint32)
-    elif size == 8:
-        w = jax.lax.bitcast_convert_type(x, jnp.uint32)  # [..., 2]
-    else:
+    word = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}.get(x.dtype.itemsize)  # 8: [..., 2] words
+    if word is None:
         raise TypeError(f"checkpoint checksum: unsupported dtype {x.dtype}")
-    return w.reshape(-1)
+    return jax.lax.bitcast_convert_type(x, word).astype(jnp.uint32).reshape(-1)
 
 
 def _checksum(x: jax.Array) -> jax.Array:
@@ -107,18 +99,15 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
 
 
-def _quiet_asyncio_noise():
+class _DropEventLoopClosed(logging.Filter):
     """Orbax/tensorstore background tasks of a failed restore log 'Event loop is closed' tracebacks; one warning
     line says everything, so those records are dropped while restoring."""
 
-    class _Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            text = record.getMessage()
-            if record.exc_info and record.exc_info[1] is not None:
-                text += str(record.exc_info[1])
-            return "Event loop is closed" not in text
-
-    return _Drop()
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += str(record.exc_info[1])
+        return "Event loop is closed" not in text
 
 
 class Checkpointer:
@@ -159,7 +148,7 @@ class Checkpointer:
         """
         damaged: list[tuple[int, str]] = []
         steps = self.steps()
-        drop = _quiet_asyncio_noise()
+        drop = _DropEventLoopClosed()
         loggers = [logging.getLogger(), logging.getLogger("asyncio"), logging.getLogger("absl")]
         for lg in loggers:
             lg.addFilter(drop)

@@ -85,6 +85,10 @@ class RunConfig:
             sections["optim"] = reference_optim_config(model)
         return cls(model=model, **sections)
 
+    def model_config(self) -> LMConfig | TRMConfig:
+        """The model config with ``train.dtype`` applied (what the run computes with); raises on an unknown dtype."""
+        return self.model if self.train.dtype is None else get_config(self.model, dtype=self.train.dtype)
+
     def to_dict(self) -> dict:
         return {"model": config_to_dict(self.model), "train": dataclasses.asdict(self.train),
                 "optim": dataclasses.asdict(self.optim), "data": dataclasses.asdict(self.data)}

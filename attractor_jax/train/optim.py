@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -80,6 +79,26 @@ def _bad(field: str, value: Any, expected: str) -> ValueError:
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x: Any, lo: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= lo
+
+
+# OptimConfig's numeric fields: (check, what is expected); the optional ones may also be None.
+_POSITIVE = (lambda x: x > 0, "a number > 0")
+_NON_NEGATIVE = (lambda x: x >= 0, "a number >= 0")
+_UNIT = (lambda x: 0.0 <= x < 1.0, "a number in [0, 1)")
+_STEP_FRACTION = (lambda x: 0.0 <= x <= 1.0, "a fraction of total_steps in [0, 1]")
+_NUMBER_FIELDS = {
+    "lr": _POSITIVE, "muon_lr": _POSITIVE, "eps": _NON_NEGATIVE, "weight_decay": _NON_NEGATIVE,
+    "muon_wd": _NON_NEGATIVE, "muon_momentum": _UNIT, "muon_momentum_start": _UNIT, "muon_normuon_beta2": _UNIT,
+    "warmup_fraction": _STEP_FRACTION, "cooldown_fraction": _STEP_FRACTION,
+    "min_lr_ratio": (lambda x: 0.0 <= x <= 1.0, "a fraction of the peak lr in [0, 1]"),
+    "grad_clip": _POSITIVE, "fp_lr_scale": _POSITIVE, "fp_wd": _NON_NEGATIVE, "puzzle_emb_lr": _NON_NEGATIVE,
+    "puzzle_emb_weight_decay": _NON_NEGATIVE, "ema_decay": _UNIT,
+}
+_OPTIONAL_FIELDS = ("grad_clip", "fp_lr_scale", "fp_wd", "ema_decay", "warmup_steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,69 +162,29 @@ class OptimConfig:
     ema_decay: float | None = None
 
     def __post_init__(self):
-        def choice(field, choices):
-            v = getattr(self, field)
-            if v not in choices:
-                raise _bad(field, v, f"one of {choices}")
-
-        def number(field, ok, expected, *, optional=False):
-            v = getattr(self, field)
-            if optional and v is None:
-                return
-            if not (_is_number(v) and ok(v)):
-                raise _bad(field, v, expected + (" or None" if optional else ""))
-
-        def integer(field, lo, *, optional=False):
-            v = getattr(self, field)
-            if optional and v is None:
-                return
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
-                raise _bad(field, v, f"an int >= {lo}")
-
-        def flag(field):
-            v = getattr(self, field)
-            if not isinstance(v, bool):
-                raise _bad(field, v, "True or False")
-
-        choice("optimizer", OPTIMIZERS)
-        choice("schedule", SCHEDULES)
-        choice("wsd_decay", DECAY_SHAPES)
-        choice("muon_wd_schedule", MUON_WD_SCHEDULES)
-        choice("muon_ns_coeffs", NS_COEFFS)
+        for field, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("wsd_decay", DECAY_SHAPES),
+                               ("muon_wd_schedule", MUON_WD_SCHEDULES), ("muon_ns_coeffs", NS_COEFFS)):
+            if getattr(self, field) not in choices:
+                raise _bad(field, getattr(self, field), f"one of {choices}")
         if isinstance(self.betas, list):
             object.__setattr__(self, "betas", tuple(self.betas))
         b = self.betas
         if not (isinstance(b, tuple) and len(b) == 2 and all(_is_number(x) and 0.0 <= x < 1.0 for x in b)):
             raise _bad("betas", b, "two numbers (b1, b2), each in [0, 1)")
-        unit = lambda x: 0.0 <= x < 1.0  # noqa: E731
-        number("lr", lambda x: x > 0, "a number > 0")
-        number("muon_lr", lambda x: x > 0, "a number > 0")
-        number("eps", lambda x: x >= 0, "a number >= 0")
-        number("weight_decay", lambda x: x >= 0, "a number >= 0")
-        number("muon_wd", lambda x: x >= 0, "a number >= 0")
-        number("muon_momentum", unit, "a number in [0, 1)")
-        number("muon_momentum_start", unit, "a number in [0, 1)")
-        number("muon_normuon_beta2", unit, "a number in [0, 1)")
-        number("warmup_fraction", lambda x: 0.0 <= x <= 1.0, "a fraction of total_steps in [0, 1]")
-        number("cooldown_fraction", lambda x: 0.0 <= x <= 1.0, "a fraction of total_steps in [0, 1]")
-        number("min_lr_ratio", lambda x: 0.0 <= x <= 1.0, "a fraction of the peak lr in [0, 1]")
-        number("grad_clip", lambda x: x > 0, "a number > 0", optional=True)
-        number("fp_lr_scale", lambda x: x > 0, "a number > 0", optional=True)
-        number("fp_wd", lambda x: x >= 0, "a number >= 0", optional=True)
-        number("puzzle_emb_lr", lambda x: x >= 0, "a number >= 0")
-        number("puzzle_emb_weight_decay", lambda x: x >= 0, "a number >= 0")
-        number("ema_decay", unit, "a number in [0, 1)", optional=True)
-        integer("warmup_steps", 0, optional=True)
-        integer("muon_momentum_warmup_steps", 0)
-        integer("muon_ns_steps", 1)
-        for f in ("muon_cautious_wd", "muon_normuon", "skip_nonfinite"):
-            flag(f)
+        for field, (ok, expected) in _NUMBER_FIELDS.items():
+            v, optional = getattr(self, field), field in _OPTIONAL_FIELDS
+            if not ((optional and v is None) or (_is_number(v) and ok(v))):
+                raise _bad(field, v, expected + (" or None" if optional else ""))
+        for field, lo in (("warmup_steps", 0), ("muon_momentum_warmup_steps", 0), ("muon_ns_steps", 1)):
+            v = getattr(self, field)
+            if not ((field in _OPTIONAL_FIELDS and v is None) or _is_int(v, lo)):
+                raise _bad(field, v, f"an int >= {lo}")
+        for field in ("muon_cautious_wd", "muon_normuon", "skip_nonfinite"):
+            if not isinstance(getattr(self, field), bool):
+                raise _bad(field, getattr(self, field), "True or False")
         if self.schedule != "warmup_cosine" and self.warmup_fraction + self.cooldown_fraction > 1.0:
-            raise _bad(
-                "cooldown_fraction",
-                self.cooldown_fraction,
-                f"warmup_fraction + cooldown_fraction <= 1 (warmup_fraction={self.warmup_fraction!r})",
-            )
+            raise _bad("cooldown_fraction", self.cooldown_fraction,
+                       f"warmup_fraction + cooldown_fraction <= 1 (warmup_fraction={self.warmup_fraction!r})")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -220,7 +199,7 @@ def _phase_steps(config: OptimConfig, total_steps: int) -> tuple[int, int]:
 
 
 def _check_total_steps(total_steps: Any) -> int:
-    if not (isinstance(total_steps, int) and not isinstance(total_steps, bool) and total_steps > 0):
+    if not _is_int(total_steps, 1):
         raise ValueError(f"total_steps={total_steps!r} is not valid; expected a positive int")
     return total_steps
 
@@ -281,29 +260,18 @@ def _muon_wd_schedule(config: OptimConfig, total_steps: int) -> optax.Schedule:
 
 def path_names(path) -> tuple:
     """A key path as plain names/indices, without the trailing ``.value`` of an ``nnx.Variable``."""
+    tu = jax.tree_util
     out = []
     for k in path:
-        if isinstance(k, jax.tree_util.DictKey):
+        if isinstance(k, (tu.DictKey, tu.FlattenedIndexKey)):
             out.append(k.key)
-        elif isinstance(k, jax.tree_util.SequenceKey):
+        elif isinstance(k, tu.SequenceKey):
             out.append(k.idx)
-        elif isinstance(k, jax.tree_util.GetAttrKey):
-            out.append(k.name)
-        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
-            out.append(k.key)
         else:
-            out.append(str(k))
-    if len(out) > 1 and out[-1] == "value" and isinstance(path[-1], jax.tree_util.GetAttrKey):
+            out.append(k.name if isinstance(k, tu.GetAttrKey) else str(k))
+    if len(out) > 1 and out[-1] == "value" and isinstance(path[-1], tu.GetAttrKey):
         out.pop()
     return tuple(out)
-
-
-def _has_head(model_config: Any) -> bool:
-    return model_config is None or hasattr(model_config, "fp_lr_scale")
-
-
-def _is_parcae(model_config: Any) -> bool:
-    return model_config is None or getattr(model_config, "arch", None) == "parcae"
 
 
 def _label(names: tuple, ndim: int, optimizer: str, model_config: Any) -> str:
@@ -311,10 +279,11 @@ def _label(names: tuple, ndim: int, optimizer: str, model_config: Any) -> str:
     top = str(names[0]) if names else ""
     if optimizer == "trm":
         return PUZZLE_EMB if PUZZLE_EMB in low else "adamw"
-    if top == "head" and _has_head(model_config):
+    if top == "head" and (model_config is None or hasattr(model_config, "fp_lr_scale")):
         return "head" if ndim >= 2 else "head_no_wd"
     parcae_recurrent = "injection" in low or low[-1:] in (["a_log"], ["dt_bias"])
-    if parcae_recurrent or (top == "C" and _is_parcae(model_config)):
+    is_parcae = model_config is None or getattr(model_config, "arch", None) == "parcae"
+    if parcae_recurrent or (top == "C" and is_parcae):
         return "adamw_no_wd"
     if ndim < 2:
         return "adamw_no_wd"
@@ -325,15 +294,6 @@ def _label(names: tuple, ndim: int, optimizer: str, model_config: Any) -> str:
     if ndim == 2 and optimizer == "muon":
         return "muon"
     return "adamw"
-
-
-def _label_fn(config: OptimConfig, model_config: Any) -> Callable[[Any], Any]:
-    def labels(params):
-        return jax.tree_util.tree_map_with_path(
-            lambda path, x: _label(path_names(path), len(x.shape), config.optimizer, model_config), params
-        )
-
-    return labels
 
 
 def param_labels(params: Any, config: OptimConfig | None = None, model_config: Any = None) -> Any:
@@ -347,18 +307,22 @@ def param_labels(params: Any, config: OptimConfig | None = None, model_config: A
     ``optimizer="adamw"``; tensors of rank > 2 always go to AdamW). With ``optimizer="trm"``: ``puzzle_emb``
     for the puzzle-embedding table, ``adamw`` for everything else.
     """
-    config = OptimConfig() if config is None else config
-    return _label_fn(config, model_config)(params)
+    optimizer = (config or OptimConfig()).optimizer
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: _label(path_names(path), len(x.shape), optimizer, model_config), params)
+
+
+def _labelled(params: Any, config: OptimConfig | None, model_config: Any):
+    """``(path names, leaf, label)`` of every array of ``params``."""
+    optimizer = (config or OptimConfig()).optimizer
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        names = path_names(path)
+        yield names, x, _label(names, len(x.shape), optimizer, model_config)
 
 
 def label_table(params: Any, config: OptimConfig | None = None, model_config: Any = None) -> dict[str, str]:
     """``{"head/blocks/0/attn/q/kernel": "head", ...}``: ``param_labels`` flattened to slash-joined paths."""
-    config = OptimConfig() if config is None else config
-    out = {}
-    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        names = path_names(path)
-        out["/".join(str(n) for n in names)] = _label(names, len(x.shape), config.optimizer, model_config)
-    return out
+    return {"/".join(str(n) for n in names): label for names, _, label in _labelled(params, config, model_config)}
 
 
 def _head_settings(config: OptimConfig, model_config: Any) -> tuple[float, float]:
@@ -379,50 +343,27 @@ def _head_settings(config: OptimConfig, model_config: Any) -> tuple[float, float
 
 def _group_settings(config: OptimConfig, model_config: Any, present: set[str]) -> dict[str, dict[str, Any]]:
     """Per present label: optimizer kind, peak lr and weight decay."""
-    out: dict[str, dict[str, Any]] = {}
-    head_scale = head_wd = None
+    scale, head_wd = 1.0, 0.0  # unused unless a head group is present
     if present & {"head", "head_no_wd"}:
-        head_scale, head_wd = _head_settings(config, model_config)
-    for label in LABELS:
-        if label not in present:
-            continue
-        if label == "muon":
-            out[label] = {"optimizer": "muon", "lr": config.muon_lr, "weight_decay": config.muon_wd}
-        elif label == "adamw":
-            out[label] = {"optimizer": "adamw", "lr": config.lr, "weight_decay": config.weight_decay}
-        elif label == "adamw_no_wd":
-            out[label] = {"optimizer": "adamw", "lr": config.lr, "weight_decay": 0.0}
-        elif label == PUZZLE_EMB:
-            out[label] = {"optimizer": "sign_sgd", "lr": config.puzzle_emb_lr,
-                          "weight_decay": config.puzzle_emb_weight_decay}
-        elif label == "head":
-            out[label] = {"optimizer": "adamw", "lr": config.lr * head_scale, "weight_decay": head_wd}
-        else:
-            out[label] = {"optimizer": "adamw", "lr": config.lr * head_scale, "weight_decay": 0.0}
-    return out
+        scale, head_wd = _head_settings(config, model_config)
+    c = config
+    table = {"muon": ("muon", c.muon_lr, c.muon_wd), "adamw": ("adamw", c.lr, c.weight_decay),
+             "adamw_no_wd": ("adamw", c.lr, 0.0), "head": ("adamw", c.lr * scale, head_wd),
+             "head_no_wd": ("adamw", c.lr * scale, 0.0),
+             PUZZLE_EMB: ("sign_sgd", c.puzzle_emb_lr, c.puzzle_emb_weight_decay)}
+    return {k: dict(zip(("optimizer", "lr", "weight_decay"), table[k])) for k in LABELS if k in present}
 
 
 def describe_groups(params: Any, config: OptimConfig | None = None, model_config: Any = None) -> dict:
     """Per group (present ones only): ``optimizer``, ``tensors``, ``params`` (element count), peak ``lr`` and
     ``weight_decay``; for logging. Works on abstract parameters (``ShapeDtypeStruct``) too."""
-    config = OptimConfig() if config is None else config
-    counts: dict[str, list[int]] = {}
-    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        label = _label(path_names(path), len(x.shape), config.optimizer, model_config)
-        c = counts.setdefault(label, [0, 0])
-        c[0] += 1
-        c[1] += math.prod(x.shape)
-    settings = _group_settings(config, model_config, set(counts))
-    return {
-        k: {
-            "optimizer": s["optimizer"],
-            "tensors": counts[k][0],
-            "params": counts[k][1],
-            "lr": s["lr"],
-            "weight_decay": s["weight_decay"],
-        }
-        for k, s in settings.items()
-    }
+    counts: dict[str, tuple[int, int]] = {}
+    for _, x, label in _labelled(params, config, model_config):
+        tensors, size = counts.get(label, (0, 0))
+        counts[label] = (tensors + 1, size + math.prod(x.shape))
+    settings = _group_settings(config or OptimConfig(), model_config, set(counts))
+    return {k: {"optimizer": s["optimizer"], "tensors": counts[k][0], "params": counts[k][1], "lr": s["lr"],
+                "weight_decay": s["weight_decay"]} for k, s in settings.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -477,7 +418,6 @@ def add_cautious_weight_decay(weight_decay: optax.Schedule, cautious: bool = Tru
     number of updates."""
 
     def init(params):
-        del params
         return CautiousWeightDecayState(count=jnp.zeros([], jnp.int32))
 
     def update(updates, state, params=None):
@@ -491,9 +431,7 @@ def add_cautious_weight_decay(weight_decay: optax.Schedule, cautious: bool = Tru
                 d = jnp.where(u * p >= 0, d, 0.0)
             return (u + d).astype(u.dtype)
 
-        return jax.tree.map(one, updates, params), CautiousWeightDecayState(
-            count=optax.safe_increment(state.count)
-        )
+        return jax.tree.map(one, updates, params), CautiousWeightDecayState(optax.safe_increment(state.count))
 
     return optax.GradientTransformation(init, update)
 
@@ -531,16 +469,10 @@ def _muon_dim_numbers(updates):
 def _muon(config: OptimConfig, total_steps: int) -> optax.GradientTransformation:
     coeffs, steps = _ns_coeffs(config)
     muon = optax.inject_hyperparams(
-        scale_by_muon,
+        scale_by_muon, hyperparam_dtype=jnp.float32,
         static_args=("ns_coeffs", "ns_steps", "weight_dimension_numbers", "preconditioning", "mu_dtype"),
-        hyperparam_dtype=jnp.float32,
-    )(
-        ns_coeffs=coeffs,
-        ns_steps=steps,
-        beta=_muon_momentum_schedule(config),
-        nesterov=True,
-        weight_dimension_numbers=_muon_dim_numbers,
-    )
+    )(ns_coeffs=coeffs, ns_steps=steps, beta=_muon_momentum_schedule(config), nesterov=True,
+      weight_dimension_numbers=_muon_dim_numbers)
     parts = [muon]
     if config.muon_normuon:
         parts.append(scale_by_normuon(config.muon_normuon_beta2))
@@ -646,10 +578,8 @@ def make_optimizer(
              "sign_sgd": lambda s: sparse_sign_sgd(s["lr"], s["weight_decay"]),
              "adamw": lambda s: _adamw(config, s["lr"], s["weight_decay"])}
     transforms = {k: build[s["optimizer"]](s) for k, s in settings.items()}
-    label_fn = _label_fn(config, model_config)
-
     def checked_labels(tree):
-        labels = label_fn(tree)
+        labels = param_labels(tree, config, model_config)
         missing = set(jax.tree.leaves(labels)) - set(transforms)
         if missing:
             raise ValueError(
@@ -674,13 +604,8 @@ def scheduled(inner: optax.GradientTransformation, schedule: optax.Schedule, bas
         return {k: jnp.asarray(v * mult, jnp.float32) for k, v in base_lr.items()}
 
     def init(params):
-        return OptimState(
-            count=jnp.zeros([], jnp.int32),
-            skipped=jnp.zeros([], jnp.int32),
-            grad_norm=jnp.zeros([], jnp.float32),
-            lr=lrs(schedule(0)),
-            inner=inner.init(params),
-        )
+        return OptimState(count=jnp.zeros([], jnp.int32), skipped=jnp.zeros([], jnp.int32),
+                          grad_norm=jnp.zeros([], jnp.float32), lr=lrs(schedule(0)), inner=inner.init(params))
 
     def update(grads, state, params=None):
         if params is None:
@@ -703,13 +628,9 @@ def scheduled(inner: optax.GradientTransformation, schedule: optax.Schedule, bas
         else:
             applied = jnp.asarray(True)
         new_lr = {k: jnp.where(applied, v, state.lr[k]) for k, v in lrs(mult).items()}
-        return updates, OptimState(
-            count=state.count + applied.astype(jnp.int32),
-            skipped=state.skipped + jnp.logical_not(finite).astype(jnp.int32),
-            grad_norm=norm,
-            lr=new_lr,
-            inner=inner_state,
-        )
+        return updates, OptimState(count=state.count + applied.astype(jnp.int32),
+                                   skipped=state.skipped + jnp.logical_not(finite).astype(jnp.int32),
+                                   grad_norm=norm, lr=new_lr, inner=inner_state)
 
     return optax.GradientTransformation(init, update)
 
@@ -717,8 +638,6 @@ def scheduled(inner: optax.GradientTransformation, schedule: optax.Schedule, bas
 def find_optim_state(opt_state: Any) -> OptimState:
     """The ``OptimState`` inside ``opt_state`` (itself, or nested in a wrapper such as
     ``optax.MultiSteps``)."""
-    if isinstance(opt_state, OptimState):
-        return opt_state
     for node in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, OptimState)):
         if isinstance(node, OptimState):
             return node
@@ -741,23 +660,8 @@ def optimizer_metrics(opt_state: Any) -> dict[str, jax.Array]:
 
 
 __all__ = [
-    "LABELS",
-    "OptimConfig",
-    "OptimState",
-    "NorMuonState",
-    "add_cautious_weight_decay",
-    "describe_groups",
-    "find_optim_state",
-    "label_table",
-    "make_optimizer",
-    "make_schedule",
-    "optimizer_metrics",
-    "param_labels",
-    "path_names",
-    "reference_optim_config",
-    "scale_by_normuon",
-    "scale_by_width",
-    "scheduled",
-    "skipped_steps",
+    "LABELS", "OptimConfig", "OptimState", "NorMuonState", "add_cautious_weight_decay", "describe_groups",
+    "find_optim_state", "label_table", "make_optimizer", "make_schedule", "optimizer_metrics", "param_labels",
+    "path_names", "reference_optim_config", "scale_by_normuon", "scale_by_width", "scheduled", "skipped_steps",
     "sparse_sign_sgd",
 ]

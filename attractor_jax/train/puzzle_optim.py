@@ -181,17 +181,14 @@ def summarize_eval(rows: list[dict], solves_per_row: int = 1) -> dict:
     for r in rows:
         for k, v in r.items():
             v = np.asarray(v, np.float64)
-            if k == "solver_residual_max":
-                tot[k] = np.maximum(tot.get(k, 0.0), v)
-            else:
-                tot[k] = tot.get(k, 0.0) + v
+            tot[k] = np.maximum(tot.get(k, 0.0), v) if k == "solver_residual_max" else tot.get(k, 0.0) + v
     n = max(float(tot.get("count", 0.0)), 1.0)
     out: dict = {"count": int(tot.get("count", 0))}
     for k, v in tot.items():
-        if k in ("count",):
-            continue
         if k == "solver_residual_max":
             out[k] = float(v)
+        elif k == "count":
+            continue
         elif k.startswith("solver_"):
             out[k] = float(v / (n * solves_per_row))
         elif np.ndim(v):

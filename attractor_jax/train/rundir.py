@@ -166,12 +166,6 @@ def memory_report(compiled: Any) -> dict[str, Any] | None:
     return mem
 
 
-def compiled_bytes(compiled: Any) -> int | None:
-    """Per-device bytes of a compiled executable (`memory_report`'s total)."""
-    mem = memory_report(compiled)
-    return None if mem is None else mem["total"]
-
-
 def _host_available_bytes() -> int | None:
     try:
         with open("/proc/meminfo") as fh:
@@ -213,7 +207,8 @@ def memory_hint(batch_size: int, grad_accum: int) -> str:
 
 def check_step_memory(compiled: Any, devices: Sequence[Any], what: str, hint: str) -> dict:
     """Refuse a compiled step that cannot fit: OutOfMemoryError naming the memory needed and available."""
-    need = compiled_bytes(compiled)
+    mem = memory_report(compiled)
+    need = None if mem is None else mem["total"]
     avail, sharing = available_bytes(devices)
     info = {"bytes_per_device": need, "available_bytes": avail, "devices_sharing": sharing}
     if need is None or avail is None:

@@ -173,22 +173,24 @@ def restore_state(workdir: str | os.PathLike, task: Task | None = None) -> tuple
     return task, step, state
 
 
-def load_model(workdir: str | os.PathLike) -> tuple[Any, RunConfig, int]:
+def load_model(workdir: str | os.PathLike, run: RunConfig | None = None) -> tuple[Any, RunConfig, int]:
     """``(model, run, step)``: the NNX model of a run directory's newest intact checkpoint, with the weights
-    evaluation uses (the EMA for reasoners that keep one), for generation, evaluation and export."""
+    evaluation uses (the EMA for reasoners that keep one), for generation, evaluation and export. ``run``: the
+    directory's `RunConfig` when the caller has read it already (default: `read_run`)."""
     from flax import nnx
 
-    task, step, state = restore_state(workdir)
+    task, step, state = restore_state(workdir, None if run is None else make_task(run, validate=False))
     return nnx.merge(task.graphdef, state.eval_params), task.run, step
 
 
 def evaluate(workdir: str | os.PathLike, depths: list[int | None] | None = None, data_path: str | None = None,
-             batches: int | None = None) -> dict:
+             batches: int | None = None, run: RunConfig | None = None) -> dict:
     """Evaluate the newest intact checkpoint in ``workdir`` at the given solver depths (None = full; default:
     the run's ``eval_depths`` and the full solve) on the run's validation/test data or on ``data_path``; writes
-    and returns ``eval.json``. Language models report the loss, puzzle reasoners accuracies (see the tasks)."""
+    and returns ``eval.json``. Language models report the loss, puzzle reasoners accuracies (see the tasks).
+    ``run``: the directory's `RunConfig` when the caller has read it already (default: `read_run`)."""
     wd = pathlib.Path(workdir)
-    run = read_run(wd)
+    run = read_run(wd) if run is None else run
     if data_path is not None:
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, path=data_path))
     if depths is not None and not is_reasoner(run.model):

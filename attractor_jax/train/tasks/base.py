@@ -35,8 +35,9 @@ class Task:
 
     def jit_train_step(self):
         """The train step jitted with explicit in/out shardings and the state donated."""
-        return jax.jit(under_mesh(self.train_step(), self.mesh), in_shardings=(self.state_shardings, self.batch_shardings),
-                       out_shardings=(self.state_shardings, None), donate_argnums=(0,))
+        return jax.jit(under_mesh(self.train_step(), self.mesh), donate_argnums=(0,),
+                       in_shardings=(self.state_shardings, self.batch_shardings),
+                       out_shardings=(self.state_shardings, None))
 
     def abstract_sharded_state(self) -> Any:
         return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

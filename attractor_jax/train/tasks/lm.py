@@ -15,10 +15,10 @@ import optax
 from flax import nnx
 
 from attractor_jax.implicit import SolverStats
-from attractor_jax.models import build_model, get_config, param_counts
+from attractor_jax.models import build_model, param_counts
 from attractor_jax.models.config import LMConfig
 from attractor_jax.models.registry import depth_label, has_depth
-from attractor_jax.train import sharding as shd
+import attractor_jax.train.sharding as shd
 from attractor_jax.train.config import RunConfig
 from attractor_jax.train.metrics import backward_vjps, flops_per_token, peak_flops
 from attractor_jax.train.optim import make_optimizer, optimizer_metrics
@@ -158,8 +158,7 @@ def validate_run(run: RunConfig) -> None:
         source = f"tokenizer {run.data.tokenizer!r}"
     if vocab > run.model.vocab_size:
         raise ValueError(f"{source} has {vocab} tokens but model.vocab_size is {run.model.vocab_size}")
-    if run.train.dtype is not None:
-        get_config(run.model, dtype=run.train.dtype)  # raises on an unknown dtype
+    run.model_config()  # raises on an unknown dtype
     if not str(run.data.path).startswith("seqio:"):
         # Build (not iterate) both pipelines: a split too small for one batch fails here, not after training.
         data_pipelines(run, jax.process_index(), jax.process_count(), check=True)
@@ -182,7 +181,7 @@ def setup(run: RunConfig, devices=None) -> Setup:
     if run.optim.ema_decay is not None:
         raise ValueError(f"optim.ema_decay={run.optim.ema_decay!r}: a weight EMA is kept for the puzzle reasoners "
                          "only; expected None for a language model")
-    model_cfg = run.model if run.train.dtype is None else get_config(run.model, dtype=run.train.dtype)
+    model_cfg = run.model_config()
     mesh = shd.make_mesh(run.train.mesh, devices)
     abstract = nnx.eval_shape(lambda: build_model(model_cfg, seed=run.train.seed))
     graphdef, abstract_params = nnx.split(abstract)
@@ -209,16 +208,15 @@ class LMTask(Task):
     def __init__(self, run: RunConfig, *, devices=None, validate: bool = True):
         if validate:
             validate_run(run)
-        s = setup(run, devices)
-        self.run, self.model_config, self.mesh, self.graphdef, self.optimizer = (
-            run, s.model_config, s.mesh, s.graphdef, s.optimizer)
-        self.init, self.abstract_state, self.state_shardings = s.init, s.abstract_state, s.state_shardings
+        self.run = run
+        (self.model_config, self.mesh, self.graphdef, self.optimizer, self.init, self.abstract_state,
+         self.state_shardings) = setup(run, devices)
         t = run.train
         self.batch_shardings = {k: shd.batch_sharding(self.mesh) for k in ("inputs", "targets")}
         self.batch_layout = {k: ((t.batch_size, t.seq_len), jnp.int32) for k in ("inputs", "targets")}
         self._train_step, eval_step = make_steps(self.graphdef, self.optimizer, t.grad_accum)
-        self._eval = jax.jit(shd.under_mesh(eval_step, self.mesh), in_shardings=(self.state_shardings.params, self.batch_shardings),
-                             static_argnums=(2,))
+        self._eval = jax.jit(shd.under_mesh(eval_step, self.mesh), static_argnums=(2,),
+                             in_shardings=(self.state_shardings.params, self.batch_shardings))
         self._pipes = None
         self._val: list = []
         self.counts = param_counts(self.model_config)

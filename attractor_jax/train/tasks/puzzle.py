@@ -2,8 +2,9 @@
 loop and CLI as the language models.
 
 `attractor_jax.train.trainer.train` runs a reasoner run (``TRMConfig``, ``AttractorReasonerConfig``) through
-`PuzzleTask`; ``attractor-jax train --preset trm-sudoku-tiny --data DIR`` therefore trains on a built puzzle dataset (TRM/HRM layout, see `attractor_jax.data.puzzles`) with the LM
-trainer's mesh, orbax checkpoints, metrics.jsonl/TensorBoard, progress bar and SIGTERM handling.
+`PuzzleTask`; ``attractor-jax train --preset trm-sudoku-tiny --data DIR`` therefore trains on a built puzzle
+dataset (TRM/HRM layout, see `attractor_jax.data.puzzles`) with the LM trainer's mesh, orbax checkpoints,
+metrics.jsonl/TensorBoard, progress bar and SIGTERM handling.
 
 What differs from language modelling:
 
@@ -35,14 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from attractor_jax.models import build_model, get_config
 from attractor_jax.models.registry import depth_label
 from attractor_jax.models.reasoner_losses import SUMMED_METRICS, summarize_act_metrics
-from attractor_jax.train import sharding as shd
+import attractor_jax.train.sharding as shd
 from attractor_jax.train.optim import make_optimizer
-from attractor_jax.train.puzzle_optim import (PuzzleTrainState, ema_init, make_reasoner_eval_step,
+from attractor_jax.train.puzzle_optim import (PuzzleTrainState, init_train_state, make_reasoner_eval_step,
                                               make_reasoner_train_step, summarize_eval)
 from attractor_jax.train.rundir import write_json_atomic
 from attractor_jax.train.tasks.base import Task
@@ -90,8 +90,7 @@ def validate_puzzle_run(run) -> Any:
     shd.check_batch(run.train.batch_size, 1, run.train.mesh, jax.device_count())
     # The periodic and final evaluation read the test split in batches of batch_size: fail now, not after training.
     _test_pipeline(run, run.train.batch_size)
-    if run.train.dtype is not None:
-        get_config(run.model, dtype=run.train.dtype)  # raises on an unknown dtype
+    run.model_config()  # raises on an unknown dtype
     return run
 
 
@@ -105,8 +104,7 @@ class PuzzleTask(Task):
         if validate:
             run = validate_puzzle_run(run)
         self.run = run
-        cfg = run.model if run.train.dtype is None else get_config(run.model, dtype=run.train.dtype)
-        self.model_config = cfg
+        self.model_config = cfg = run.model_config()
         self.mesh = shd.make_mesh(run.train.mesh, devices)
         abstract = nnx.eval_shape(lambda: build_model(cfg, seed=run.train.seed))
         self.graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
@@ -115,26 +113,22 @@ class PuzzleTask(Task):
         b, length = run.train.batch_size, cfg.seq_len
 
         def init() -> PuzzleTrainState:
-            model = build_model(cfg, seed=run.train.seed)
-            _, params, buffers = nnx.split(model, nnx.Param, ...)
-            return PuzzleTrainState(
-                params=params, buffers=buffers, opt_state=self.optimizer.init(params),
-                ema=ema_init(params) if use_ema else None,
-                carry=model.initial_carry({"inputs": jnp.zeros((b, length), jnp.int32)}),
-                step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(run.train.seed)))
+            return init_train_state(build_model(cfg, seed=run.train.seed), self.optimizer,
+                                    {"inputs": jnp.zeros((b, length), jnp.int32)}, seed=run.train.seed,
+                                    ema=use_ema)[1]
 
         self.init = init
         self.abstract_state = a = jax.eval_shape(init)
         mesh = self.mesh
-        rows = lambda x: NamedSharding(mesh, P(("data", "fsdp"), *([None] * (x.ndim - 1))))  # noqa: E731
         self.state_shardings = PuzzleTrainState(
             params=shd.state_shardings(a.params, mesh), buffers=shd.state_shardings(a.buffers, mesh),
             opt_state=shd.state_shardings(a.opt_state, mesh),
             ema=None if a.ema is None else shd.state_shardings(a.ema, mesh),
-            carry=jax.tree.map(rows, a.carry), step=shd.replicated(mesh), rng=shd.replicated(mesh))
+            carry=jax.tree.map(lambda x: shd.batch_sharding(mesh, x.ndim), a.carry), step=shd.replicated(mesh),
+            rng=shd.replicated(mesh))
         self.batch_layout = {"inputs": ((b, length), jnp.int32), "labels": ((b, length), jnp.int32),
                              "puzzle_identifiers": ((b,), jnp.int32), "mask": ((b,), jnp.bool_)}
-        self.batch_shardings = {k: shd.batch_sharding(mesh, len(shape)) for k, (shape, _) in self.batch_layout.items()}
+        self.batch_shardings = {k: shd.batch_sharding(mesh, len(s)) for k, (s, _) in self.batch_layout.items()}
         self._eval = jax.jit(shd.under_mesh(make_reasoner_eval_step(self.graphdef), mesh), static_argnums=(3,))
         self._periodic: list = []
 
