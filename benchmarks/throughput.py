@@ -33,20 +33,27 @@ def build(preset: str, batch: int, seq: int, dtype: str | None, steps: int):
     run = RunConfig(model=get_config(preset), train=TrainConfig(steps=max(steps, 1), batch_size=batch, seq_len=seq,
                                                                 dtype=dtype),
                     optim=OptimConfig(lr=1e-3, muon_lr=1e-3))
+    return build_run(run)
+
+
+def build_run(run: RunConfig, seed: int = 0) -> dict:
+    """``run``'s jitted, donated train step with a fresh sharded state and one batch of random tokens, compiled
+    by a first step (its time is ``compile_s``)."""
+    batch, seq = run.train.batch_size, run.train.seq_len
     s = setup(run)
     train_step, _ = make_steps(s.graphdef, s.optimizer, 1)
     bsh = shd.batch_sharding(s.mesh)
     step = jax.jit(train_step, in_shardings=(s.state_shardings, bsh), out_shardings=(s.state_shardings, None),
                    donate_argnums=(0,))
     state = jax.jit(s.init, out_shardings=s.state_shardings)()
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     toks = rng.integers(0, s.model_config.vocab_size, size=(batch, seq + 1), dtype=np.int32)
     data = jax.device_put({"inputs": toks[:, :-1], "targets": toks[:, 1:]}, bsh)
     t0 = time.perf_counter()
     state, metrics = step(state, data)
     jax.block_until_ready(metrics)
-    return {"run": run, "setup": s, "step": step, "state": state, "data": data, "compile_s": time.perf_counter() - t0}
-
+    return {"run": run, "setup": s, "step": step, "state": state, "data": data, "metrics": metrics,
+            "compile_s": time.perf_counter() - t0}
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -43,15 +43,14 @@ def build_ours():
     """Our functions on CONFIG, each a zero-argument callable that runs once and waits for the result."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     from flax import nnx
 
     from attractor_jax import implicit
     from attractor_jax.models import build_model, get_config, param_counts
     from attractor_jax.models.attractor import _head_map
-    from attractor_jax.train import sharding as shd
     from attractor_jax.train.optim import OptimConfig
-    from attractor_jax.train.trainer import RunConfig, TrainConfig, cross_entropy, make_steps, setup
+    from attractor_jax.train.trainer import RunConfig, TrainConfig, cross_entropy
+    from throughput import build_run  # this folder is on sys.path when run as a script
 
     c = CONFIG
     model_cfg = dataclasses.replace(
@@ -62,18 +61,11 @@ def build_ours():
         backward=implicit.Neumann(k=1))
     run = RunConfig(model=model_cfg, train=TrainConfig(steps=1000, batch_size=c["batch"], seq_len=c["seq"]),
                     optim=OptimConfig(optimizer="adamw", lr=1e-3, grad_clip=1.0))
-    s = setup(run)
-    train_step, _ = make_steps(s.graphdef, s.optimizer, 1)
-    bsh = shd.batch_sharding(s.mesh)
-    step = jax.jit(train_step, in_shardings=(s.state_shardings, bsh), out_shardings=(s.state_shardings, None),
-                   donate_argnums=(0,))
-    holder = {"state": jax.jit(s.init, out_shardings=s.state_shardings)()}
-    rng = np.random.default_rng(c["seed"])
-    toks = rng.integers(0, c["vocab_size"], size=(c["batch"], c["seq"] + 1), dtype=np.int32)
-    batch = jax.device_put({"inputs": toks[:, :-1], "targets": toks[:, 1:]}, bsh)
+    holder = build_run(run, seed=c["seed"])
+    batch = holder["data"]
 
     def run_step():
-        holder["state"], metrics = step(holder["state"], batch)
+        holder["state"], metrics = holder["step"](holder["state"], batch)
         return metrics
 
     model = build_model(model_cfg, seed=c["seed"])
@@ -90,8 +82,7 @@ def build_ours():
 
     fwd0 = jax.jit(loss0)
     grad0 = jax.jit(jax.value_and_grad(loss0))
-    metrics = jax.device_get(run_step())
-    iters = float(metrics.get("solver_iters", float("nan")))
+    iters = float(jax.device_get(holder["metrics"]).get("solver_iters", float("nan")))
     fns = {
         "train_step": lambda: jax.block_until_ready(run_step()),
         "head_pass": lambda: jax.block_until_ready(head(y, cvec, head_state)),
