@@ -91,9 +91,8 @@ def check_batching(batch_size: Any, seed: Any, process_index: int | None, proces
 
 def default_epochs(num_epochs: Any, finite: bool) -> int | None:
     """Checked `num_epochs` (>= 1); None gives 1 for a `finite` pass (evaluation), else None (repeat)."""
-    if num_epochs is not None:
-        return check_int("num_epochs", num_epochs, 1)
-    return 1 if finite else None
+    n = check_int("num_epochs", num_epochs, 1, allow_none=True)
+    return (1 if finite else None) if n is None else n
 
 
 def prefetching_iterator(source: Any, prefetch: int) -> grain.DatasetIterator:

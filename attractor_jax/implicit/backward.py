@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attractor_jax.implicit.solvers import (Anderson, Broyden, Picard, Solver, check_int, check_step, relative_residual,
-                                            sq_norm)
+from attractor_jax.implicit.solvers import (Anderson, Broyden, Picard, Solver, check_ints, check_step,
+                                            relative_residual, sq_norm)
 from attractor_jax.implicit.types import SolverStats
 
 PROBE_FIELDS = 4  # iterations, residual, converged, diverged
@@ -176,7 +176,7 @@ class IFT(_Implicit):
         if self.solver not in ("anderson", "picard", "broyden", "gmres"):
             raise ValueError(f"IFT: solver={self.solver!r} is not one of 'anderson', 'picard', 'broyden', 'gmres'")
         if self.max_iter is not None:
-            check_int("IFT", 1, max_iter=self.max_iter)
+            check_ints("IFT", 1, max_iter=self.max_iter)
         if self.tol is not None and not self.tol >= 0:
             raise ValueError(f"IFT: tol={self.tol!r} must be >= 0")
         if self.restart is not None and (self.solver != "gmres" or not (isinstance(self.restart, int)
@@ -229,7 +229,7 @@ class Neumann(_Implicit):
     clip: Optional[float] = None  # per-sample bound on each term's growth (None: no clip)
 
     def __post_init__(self):
-        check_int("Neumann", 0, k=self.k)
+        check_ints("Neumann", 0, k=self.k)
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"Neumann: clip={self.clip!r} must be > 0 or None")
 
@@ -267,7 +267,7 @@ class Phantom(Backward):
     damping: float = 1.0  # step length of each phantom step
 
     def __post_init__(self):
-        check_int("Phantom", 1, k=self.k)
+        check_ints("Phantom", 1, k=self.k)
         check_step("Phantom", damping=self.damping)
 
     def apply(self, solver, fn, x0, params, layout, probe):

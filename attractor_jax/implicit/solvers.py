@@ -81,10 +81,10 @@ def relative_residual(fx: jax.Array, x: jax.Array) -> jax.Array:
     return (err / jnp.maximum(norm, _EPS)).astype(jnp.float32)
 
 
-def check_int(owner: str, lo: int, **values: Any) -> None:
-    """Each value is an int >= ``lo``; otherwise ValueError naming ``owner`` and the field."""
+def check_ints(owner: str, lo: int, **values: Any) -> None:
+    """Each value is an int >= ``lo`` (not a bool); otherwise ValueError naming ``owner`` and the field."""
     for k, v in values.items():
-        if not (isinstance(v, int) and v >= lo):
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
             raise ValueError(f"{owner}: {k}={v!r} must be an int >= {lo}")
 
 
@@ -148,7 +148,7 @@ class Solver:
 
     def __post_init__(self):
         name = type(self).__name__
-        check_int(name, 0, max_iter=self.max_iter, min_iter=self.min_iter)
+        check_ints(name, 0, max_iter=self.max_iter, min_iter=self.min_iter)
         for k in ("tol", "atol"):
             if not getattr(self, k) >= 0:
                 raise ValueError(f"{name}: {k}={getattr(self, k)!r} must be a number >= 0")
@@ -324,7 +324,7 @@ class Anderson(Solver):
     restart: bool = True  # clear the history when a sample's residual rises
 
     def _check(self):
-        check_int("Anderson", 1, m=self.m)
+        check_ints("Anderson", 1, m=self.m)
         check_step("Anderson", beta=self.beta)
         if not self.ridge >= 0:
             raise ValueError(f"Anderson: ridge={self.ridge!r} must be >= 0")
@@ -403,7 +403,7 @@ class Broyden(Solver):
     memory: int = 20  # rank of the inverse-Jacobian estimate (ring buffer)
 
     def _check(self):
-        check_int("Broyden", 1, memory=self.memory)
+        check_ints("Broyden", 1, memory=self.memory)
 
     def init(self, x0):
         s, n = x0.shape

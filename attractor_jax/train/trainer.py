@@ -179,7 +179,7 @@ def load_model(workdir: str | os.PathLike, run: RunConfig | None = None) -> tupl
     directory's `RunConfig` when the caller has read it already (default: `read_run`)."""
     from flax import nnx
 
-    task, step, state = restore_state(workdir, None if run is None else make_task(run, validate=False))
+    task, step, state = restore_state(workdir, make_task(run or read_run(workdir), validate=False))
     return nnx.merge(task.graphdef, state.eval_params), task.run, step
 
 

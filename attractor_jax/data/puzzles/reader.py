@@ -56,7 +56,7 @@ __all__ = ["PuzzleIterator", "load_puzzle_split", "make_puzzle_pipeline"]
 class PuzzleSplit:
     """One split of a built dataset: inputs/labels memory-mapped, the index arrays in memory."""
 
-    def __init__(self, path: str | os.PathLike, split: str, set_name: str | None = None):
+    def __init__(self, path: str | os.PathLike, split: str = "train", set_name: str | None = None):
         self.root = pathlib.Path(path).expanduser()
         self.split = split
         self.metadata = load_puzzle_metadata(self.root, split)
@@ -108,7 +108,7 @@ class PuzzleSplit:
         return {"inputs": inputs, "labels": labels, "puzzle_identifiers": self.puzzle_identifiers[puz].astype(np.int32)}
 
 
-load_puzzle_split = PuzzleSplit  # load_puzzle_split(path, split="train", set_name=None)
+load_puzzle_split = PuzzleSplit  # the former function's name: load_puzzle_split(path, split="train", set_name=None)
 
 
 class _Batches(BatchSource):
