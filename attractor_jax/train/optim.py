@@ -307,9 +307,8 @@ def param_labels(params: Any, config: OptimConfig | None = None, model_config: A
     ``optimizer="adamw"``; tensors of rank > 2 always go to AdamW). With ``optimizer="trm"``: ``puzzle_emb``
     for the puzzle-embedding table, ``adamw`` for everything else.
     """
-    optimizer = (config or OptimConfig()).optimizer
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: _label(path_names(path), len(x.shape), optimizer, model_config), params)
+    labels = [label for _, _, label in _labelled(params, config, model_config)]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), labels)
 
 
 def _labelled(params: Any, config: OptimConfig | None, model_config: Any):
