@@ -428,7 +428,8 @@ class TRM(nnx.Module):
         Returns ``logits`` float32 [B, L, V] and ``preds`` int32 [B, L] of the last step, ``step_preds`` int32
         [S, B, L] and ``q_halt_logits`` float32 [S, B] of every step (S = halt_max_steps; accuracy at the step
         the Q head would halt can be read from these), ``nfe`` int32 [B] (L_level applications over all
-        steps), and for the Attractor ``solver_iterations``/``solver_residual``/``solver_converged``
+        steps), ``nfe_by_step`` int32 [S, B] (the same, counted up to and including each step), and for the
+        Attractor ``solver_iterations``/``solver_residual``/``solver_converged``
         [S, H_cycles, B].
         """
         c = self.config
@@ -446,7 +447,8 @@ class TRM(nnx.Module):
             return (carry, out["logits"]), ys
 
         (_, logits), ys = jax.lax.scan(body, (carry0, logits0), None, length=c.halt_max_steps)
-        ys["nfe"] = jnp.sum(ys["nfe"], axis=0)
+        ys["nfe_by_step"] = jnp.cumsum(ys["nfe"], axis=0)
+        ys["nfe"] = ys["nfe_by_step"][-1]
         return {"logits": logits, "preds": jnp.argmax(logits, axis=-1).astype(jnp.int32), **ys}
 
 

@@ -263,6 +263,9 @@ def test_max_iter_semantics_and_predict(micro_trm):
     np.testing.assert_array_equal(np.asarray(full["preds"]), np.asarray(full["step_preds"][-1]))
     want_nfe = jnp.sum(full["solver_iterations"] + 1, axis=(0, 1))
     np.testing.assert_array_equal(np.asarray(full["nfe"]), np.asarray(want_nfe))
+    # counted per supervision step: the solver's iterations + the z_H update of each cycle, up to that step
+    want_by_step = jnp.cumsum(jnp.sum(full["solver_iterations"] + 1, axis=1), axis=0)
+    np.testing.assert_array_equal(np.asarray(full["nfe_by_step"]), np.asarray(want_by_step))
     with pytest.raises(ValueError, match="Attractor reasoner only"):
         micro_trm[0].predict(b1, max_iter=3)
 

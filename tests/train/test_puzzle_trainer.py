@@ -70,10 +70,12 @@ def test_attractor_reasoner_resumes_bitwise_and_evaluates_by_depth(sudoku_data, 
         assert r["count"] == 10  # 10 test puzzles in 3 batches of 4: the padded rows are not counted
         assert 0.0 <= r["cell"] <= 1.0 and 0.0 <= r["exact"] <= 1.0
         assert len(r["exact_by_step"]) == 2 and r["cell_by_step"][-1] == pytest.approx(r["cell"])
+        assert r["nfe_by_step"][-1] == pytest.approx(r["nfe"])
         assert r["copy_cell"] == pytest.approx(61 / 81)  # 20 blanks: the givens-only baseline
     # f-evaluations per puzzle: (solver iterations + 1 z_H update) per H cycle, over 2 ACT steps
     assert res["depths"]["0"]["nfe"] == pytest.approx(2 * 2 * 1)
     assert res["depths"]["2"]["nfe"] == pytest.approx(2 * 2 * 4)  # 2 plain steps + 1 measuring + z_H
+    assert res["depths"]["2"]["nfe_by_step"] == pytest.approx([2 * 4, 2 * 2 * 4])  # per supervision step
     assert res["depths"]["2"]["solver_iters"] == pytest.approx(3.0)
     full_r = res["depths"]["full"]
     assert full_r["nfe"] == pytest.approx(2 * 2 * (full_r["solver_iters"] + 1), rel=1e-5)
