@@ -38,3 +38,37 @@ def test_lm_curves_trains_reports_and_matches_compute(tmp_path, corpus):
     assert ratio > 1.2 and gpt["steps"] == round(4 * ratio)
     assert (tmp_path / "out" / "tiny" / "lm_curves.png").stat().st_size > 0
     assert (tmp_path / "out" / "tiny" / "internalization.png").stat().st_size > 0
+
+
+def test_puzzle_scaling_scores_inference_settings_and_real_lists(tmp_path, shared_data):
+    from experiments import puzzle_scaling
+
+    from attractor_jax.data import puzzles as pz
+    from attractor_jax.models import get_config
+    from attractor_jax.train.optim import reference_optim_config
+    from attractor_jax.train.trainer import DataConfig, RunConfig, TrainConfig, train
+
+    rows = pz.generate_sudoku(12, min_rating=0, seed=3, blanks=20)
+    (tmp_path / "csv").mkdir()
+    pz.write_puzzle_csv(tmp_path / "csv" / "train.csv", rows[:8])
+    pz.write_puzzle_csv(tmp_path / "csv" / "test.csv", rows[8:])
+    data = pz.build_sudoku_dataset(tmp_path / "csv", tmp_path / "data")
+    model = get_config("attractor-sudoku-tiny", hidden_size=32, num_heads=2, L_layers=1, H_cycles=2,
+                       halt_max_steps=2, puzzle_emb_len=1, **{"solver.max_iter": 6})
+    train(RunConfig(model=model, optim=reference_optim_config(model, lr=1e-3, warmup_steps=1, ema_decay=0.9),
+                    train=TrainConfig(steps=2, batch_size=4, eval_depths=(), tensorboard=False),
+                    data=DataConfig(path=str(data))), tmp_path / "runs" / "attractor")
+    assert puzzle_scaling.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+                                "--max-steps", "3", "--max-iters", "0", "--tols", "",
+                                "--real-lists", "sudoku_forum_hardest_1106.csv", "--real-count", "3",
+                                "--real-dir", str(shared_data / "sudoku")]) == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    full, removed = res["settings"]
+    assert (full["setting"], removed["max_iter"]) == ("full solve", 0)
+    # 3 supervision steps evaluated (the run trained 2); with the solver removed each step costs only its
+    # H_cycles = 2 z_H updates
+    assert removed["nfe_by_step"] == pytest.approx([2, 4, 6])
+    assert len(full["exact_by_step"]) == 3 and full["nfe_by_step"][0] > 2
+    (real,) = res["real_lists"]
+    assert real["count"] == 3 and 0 < real["copy_cell"] < 0.5  # hard lists: fewer than 40 givens of 81
+    assert (tmp_path / "out" / "scaling.png").stat().st_size > 0

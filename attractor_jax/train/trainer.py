@@ -184,11 +184,13 @@ def load_model(workdir: str | os.PathLike, run: RunConfig | None = None) -> tupl
 
 
 def evaluate(workdir: str | os.PathLike, depths: list[int | None] | None = None, data_path: str | None = None,
-             batches: int | None = None, run: RunConfig | None = None) -> dict:
+             batches: int | None = None, run: RunConfig | None = None, write: bool = True) -> dict:
     """Evaluate the newest intact checkpoint in ``workdir`` at the given solver depths (None = full; default:
     the run's ``eval_depths`` and the full solve) on the run's validation/test data or on ``data_path``; writes
-    and returns ``eval.json``. Language models report the loss, puzzle reasoners accuracies (see the tasks).
-    ``run``: the directory's `RunConfig` when the caller has read it already (default: `read_run`)."""
+    (unless ``write`` is false) and returns ``eval.json``. Language models report the loss, puzzle reasoners
+    accuracies (see the tasks). ``run``: the directory's `RunConfig` when the caller has read it already
+    (default: `read_run`), or one changed only where the parameters do not change (e.g. the solver's tolerance
+    or the reasoner's number of supervision steps, for test-time scaling)."""
     wd = pathlib.Path(workdir)
     run = read_run(wd) if run is None else run
     if data_path is not None:
@@ -202,5 +204,6 @@ def evaluate(workdir: str | os.PathLike, depths: list[int | None] | None = None,
                              "identifiers differ)")
     _, step, state = restore_state(wd, task)
     results = task.evaluate(state, step, depths, batches)
-    write_json_atomic(wd / "eval.json", results)
+    if write:
+        write_json_atomic(wd / "eval.json", results)
     return results
