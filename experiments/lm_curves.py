@@ -174,6 +174,43 @@ def band(runs: list[dict], key: str) -> tuple[list[int], list[float], list[float
     return common_steps, list(vals.mean(0)), list(vals.std(0, ddof=1) if len(runs) > 1 else 0 * vals.mean(0))
 
 
+def tables(res: dict) -> str:
+    """Markdown: validation loss by budget (mean ± std over seeds) and the Attractor's partial-depth gaps."""
+    models = res["models"]
+    budgets = sorted({c["step"] for e in models.values() for r in e["runs"] for c in r["curve"]})
+    budgets = [b for b in budgets if b % 500 == 0 or b == budgets[-1]]
+    lines = ["| model | parameters | train FLOPs/token | seeds | " + " | ".join(f"{b:,} steps" for b in budgets)
+             + " |", "|---|---:|---:|---:|" + "---:|" * len(budgets)]
+    for e in models.values():
+        cells = []
+        for b in budgets:
+            vals = [next((c["val_loss"] for c in r["curve"] if c["step"] == b), None) for r in e["runs"]]
+            vals = [v for v in vals if v is not None]
+            cells.append(f"{common.mean_std(vals)['mean']:.4f} ± {common.mean_std(vals)['std']:.4f}"
+                         if len(vals) == len(e["runs"]) else "")
+        lines.append(f"| {e['label']} | {e['params']:,} | {e['train_flops_per_token']['mean'] / 1e6:.2f} M | "
+                     f"{len(e['runs'])} | " + " | ".join(cells) + " |")
+    e = models.get("attractor")
+    if e:
+        keys = [k for k in e["runs"][0]["curve"][0] if k.startswith("val_loss_") and k != "val_loss_full"]
+        lines += ["", "| Attractor, gap to the full solve (nats/byte) | " + " | ".join(
+            f"{b:,} steps" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
+        for k in keys + ["val_solver_iters_full"]:
+            cells = []
+            for b in budgets:
+                rows = [next((c for c in r["curve"] if c["step"] == b), None) for r in e["runs"]]
+                if any(c is None or k not in c for c in rows):
+                    cells.append("")
+                    continue
+                v = common.mean_std([c[k] - (0 if k.startswith("val_solver") else c["val_loss"]) for c in rows])
+                cells.append(f"{v['mean']:.2f}" if k.startswith("val_solver") else
+                             f"{v['mean']:.3f} ± {v['std']:.3f}")
+            name = "f-evaluations per token, full solve" if k.startswith("val_solver") else \
+                f"T = {k.rsplit('_', 1)[1]}"
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_curves(res: dict, out: pathlib.Path) -> pathlib.Path:
     plt = common.pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -263,12 +300,15 @@ def main(argv=None) -> int:
     res["seconds"] = time.perf_counter() - t0
     common.write_json(out / "results.json", res)
     pngs = [plot_curves(res, out), plot_internalization(res, out)]
+    md = tables(res)
+    (out / "tables.md").write_text(md + "\n")
+    print("\n" + md)
     print(f"\n{a.rung} rung, final validation loss (nats/byte), mean ± std over seeds:")
     for model, e in res["models"].items():
         gaps = "".join(f"  T={k.rsplit('_', 1)[1]} {e[k]['mean']:.4f}" for k in e if k.startswith("val_loss_"))
         print(f"  {e['label']:28s} {e['params']:>10,d} params {e['steps']:>6d} steps  "
               f"{e['val_loss']['mean']:.4f} ± {e['val_loss']['std']:.4f} ({len(e['runs'])} seeds){gaps}")
-    print("wrote " + ", ".join(str(p) for p in [out / "results.json", *pngs] if p))
+    print("wrote " + ", ".join(str(p) for p in [out / "results.json", out / "tables.md", *pngs] if p))
     return 0
 
 

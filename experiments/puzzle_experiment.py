@@ -35,6 +35,9 @@ def add_args(ap: argparse.ArgumentParser, *, name: str, steps: int, batch: int, 
     ap.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default {lr})")
     ap.add_argument("--hidden", type=int, default=64, help="hidden size of both models (default 64)")
     ap.add_argument("--act-steps", type=int, default=4, help="halt_max_steps of both models (default 4)")
+    ap.add_argument("--mlp-t", action="store_true",
+                    help="TRM's MLP-mixer block (a token-mixing MLP over the sequence instead of attention, no "
+                         "positional encoding) in both models")
     ap.add_argument("--models", default="trm,attractor", help="comma-separated subset of trm,attractor")
     ap.add_argument("--data", help=f"a built {name} dataset folder (default: generate one into RUNS/data)")
     ap.add_argument("--train-count", type=int, default=train_count, help="generated training puzzles")
@@ -84,7 +87,9 @@ def make_run(preset: str, data: pathlib.Path, a: argparse.Namespace, depths: tup
     from attractor_jax.train.optim import reference_optim_config
     from attractor_jax.train.trainer import DataConfig, RunConfig, TrainConfig
 
-    cfg = get_config(preset, hidden_size=a.hidden, num_heads=max(1, a.hidden // 32), halt_max_steps=a.act_steps)
+    mixer = dict(mlp_t=True, pos_encodings="none") if a.mlp_t else {}
+    cfg = get_config(preset, hidden_size=a.hidden, num_heads=max(1, a.hidden // 32), halt_max_steps=a.act_steps,
+                     **mixer)
     optim = reference_optim_config(cfg, lr=a.lr, weight_decay=0.1, puzzle_emb_weight_decay=0.1,
                                    warmup_steps=max(1, a.steps // 20), ema_decay=0.99)
     train = TrainConfig(steps=a.steps, batch_size=a.batch_size, seed=a.seed, log_every=max(1, a.steps // 40),

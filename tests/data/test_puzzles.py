@@ -119,6 +119,22 @@ def test_generated_sudokus_are_unique_minimal_rated_and_reproducible():
     assert again[0].question != rows[0].question and again[1].question == rows[1].question
 
 
+def test_random_grid_fill_restarts_out_of_a_dead_region():
+    """Draw 1006 of seed 0 sends the plain randomised search into a region it needs more than 5,000 guesses
+    (minutes) to leave; with the guess budget it restarts and fills a valid grid at once, deterministically."""
+    import time
+
+    from attractor_jax.data.puzzles import sudoku as S
+
+    t0 = time.perf_counter()
+    grid = S._random_solution(np.random.default_rng([0, 1006, 0]))
+    assert time.perf_counter() - t0 < 30  # a hang guard, not a speed target (it takes ~0.1 s)
+    g = grid.reshape(9, 9)
+    units = [*g, *g.T, *(g[r:r + 3, c:c + 3].ravel() for r in (0, 3, 6) for c in (0, 3, 6))]
+    assert all(sorted(u.tolist()) == list(range(1, 10)) for u in units)
+    np.testing.assert_array_equal(grid, S._random_solution(np.random.default_rng([0, 1006, 0])))
+
+
 def test_easy_sudokus_have_the_requested_blanks_and_one_solution():
     rows = pz.generate_sudoku(6, min_rating=0, seed=2, blanks=25)
     for r in rows:
