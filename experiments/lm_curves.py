@@ -15,7 +15,8 @@ Rungs (``--rung``): ``tiny`` (the *-tiny presets, ~0.9M parameters, d 128) and `
 
 Runs go to ``--runs/<rung>/<model>-seed<s>``; a rerun with the same flags resumes or reuses them. After
 training the requested runs, the script reports every finished run of the rung it finds (so runs trained by
-separate invocations, e.g. one per core, are reported together): ``<out>/<rung>/results.json``,
+separate invocations, e.g. one per core, are reported together; runs already recorded in an earlier
+``results.json`` stay in the report when their folders are gone): ``<out>/<rung>/results.json``,
 ``lm_curves.png`` (validation loss against steps and against training FLOPs, mean ± std over seeds) and
 ``internalization.png`` (T = 0 and T = 1 gaps against steps).
 
@@ -136,22 +137,27 @@ def curve(wd: pathlib.Path) -> list[dict]:
             for r in read_metrics(wd) if "val_loss" in r]
 
 
-def aggregate(a: argparse.Namespace) -> dict:
-    """Every finished run of the rung: curves, final losses and mean ± std over seeds per model."""
+def aggregate(a: argparse.Namespace, previous: dict | None = None) -> dict:
+    """Every finished run of the rung: curves, final losses and mean ± std over seeds per model.
+
+    ``previous`` is an earlier ``results.json`` of the same rung: its runs are kept where no finished run
+    directory of the same model and seed exists any more (a run found on disk replaces its recorded copy), so
+    a report survives deleting ``runs/`` and runs trained on other machines can be added later."""
     from attractor_jax.train.trainer import read_run
 
     models = {}
     for model in MODELS:
-        runs = []
+        by_seed = {r["seed"]: r for r in ((previous or {}).get("models", {}).get(model, {}).get("runs", []))}
         for wd in sorted((pathlib.Path(a.runs) / a.rung).glob(f"{model}-seed*")):
             if not finished(wd):
                 continue
             run = read_run(wd)
-            runs.append({"seed": run.train.seed, "workdir": str(wd), "steps": run.train.steps,
-                         "tokens_per_step": run.train.batch_size * run.train.seq_len,
-                         "train_flops_per_token": train_flops_per_token(wd),
-                         "params": param_counts(run.model)["total"],
-                         "n_layers": getattr(run.model, "n_layers", None), "curve": curve(wd)})
+            by_seed[run.train.seed] = {
+                "seed": run.train.seed, "workdir": str(wd), "steps": run.train.steps,
+                "tokens_per_step": run.train.batch_size * run.train.seq_len,
+                "train_flops_per_token": train_flops_per_token(wd), "params": param_counts(run.model)["total"],
+                "n_layers": getattr(run.model, "n_layers", None), "curve": curve(wd)}
+        runs = [by_seed[k] for k in sorted(by_seed)]
         if not runs:
             continue
         finals = [r["curve"][-1] for r in runs]
@@ -226,6 +232,9 @@ def plot_curves(res: dict, out: pathlib.Path) -> pathlib.Path:
             title="validation loss, mean ± std over seeds")
     ax2.set(xlabel="training FLOPs", ylabel="validation loss (nats/byte)", xscale="log",
             title="against training compute")
+    from matplotlib.ticker import NullFormatter
+
+    ax2.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on a narrow log range
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -291,9 +300,12 @@ def main(argv=None) -> int:
             for model in models:
                 common.train_run(make_run(a, model, seed), run_dir(a, model, seed), f"{a.rung} {model} seed {seed}")
     out = pathlib.Path(a.out) / a.rung
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else None
+    if previous is not None and previous.get("rung") != a.rung:
+        raise SystemExit(f"error: {out / 'results.json'} holds rung {previous.get('rung')!r}, expected {a.rung!r}")
     res = {"experiment": NAME, "rung": a.rung, "data": str(a.data), "batch_size": a.batch_size,
            "seq_len": a.seq_len, "lr": a.lr, "eval_batches": a.eval_batches, "eval_every": a.eval_every,
-           "env": common.environment(), "models": aggregate(a)}
+           "env": common.environment(), "models": aggregate(a, previous)}
     if not res["models"]:
         print(f"no finished runs under {pathlib.Path(a.runs) / a.rung}")
         return 0

@@ -38,6 +38,14 @@ def test_lm_curves_trains_reports_and_matches_compute(tmp_path, corpus):
     assert ratio > 1.2 and gpt["steps"] == round(4 * ratio)
     assert (tmp_path / "out" / "tiny" / "lm_curves.png").stat().st_size > 0
     assert (tmp_path / "out" / "tiny" / "internalization.png").stat().st_size > 0
+    # the recorded runs outlive their folders: a report with runs/ gone keeps them
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")
+    assert lm_curves.main([*args, "--report-only"]) == 0
+    again = json.loads((tmp_path / "out" / "tiny" / "results.json").read_text())
+    assert again["models"]["attractor"]["runs"] == attractor["runs"]
+    assert again["models"]["gpt-tokens"]["val_loss"] == gpt["val_loss"]
 
 
 def test_puzzle_scaling_scores_inference_settings_and_real_lists(tmp_path, shared_data):
