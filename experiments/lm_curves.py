@@ -183,19 +183,26 @@ def band(runs: list[dict], key: str) -> tuple[list[int], list[float], list[float
 def tables(res: dict) -> str:
     """Markdown: validation loss by budget (mean ± std over seeds) and the Attractor's partial-depth gaps."""
     models = res["models"]
-    budgets = sorted({c["step"] for e in models.values() for r in e["runs"] for c in r["curve"]})
-    budgets = [b for b in budgets if b % 500 == 0 or b == budgets[-1]]
-    lines = ["| model | parameters | train FLOPs/token | seeds | " + " | ".join(f"{b:,} steps" for b in budgets)
-             + " |", "|---|---:|---:|---:|" + "---:|" * len(budgets)]
+    last = max(c["step"] for m in ("gpt", "parcae", "attractor") if m in models
+               for r in models[m]["runs"] for c in r["curve"]) if set(models) & {"gpt", "parcae", "attractor"} \
+        else max(c["step"] for e in models.values() for r in e["runs"] for c in r["curve"])
+    budgets = sorted({c["step"] for e in models.values() for r in e["runs"] for c in r["curve"]
+                      if c["step"] <= last and (c["step"] % 500 == 0 or c["step"] == last)})
+
+    def cell(vals: list[float]) -> str:
+        v = common.mean_std(vals)
+        return f"{v['mean']:.4f} ± {v['std']:.4f}" if len(vals) > 1 else f"{v['mean']:.4f}"
+
+    lines = ["| model | parameters | train FLOPs/token | seeds | steps | " + " | ".join(f"{b:,} steps" for b in budgets)
+             + " | final |", "|---|---:|---:|---:|---:|" + "---:|" * (len(budgets) + 1)]
     for e in models.values():
         cells = []
         for b in budgets:
             vals = [next((c["val_loss"] for c in r["curve"] if c["step"] == b), None) for r in e["runs"]]
-            vals = [v for v in vals if v is not None]
-            cells.append(f"{common.mean_std(vals)['mean']:.4f} ± {common.mean_std(vals)['std']:.4f}"
-                         if len(vals) == len(e["runs"]) else "")
+            cells.append(cell(vals) if None not in vals else "")
+        cells.append(f"**{cell([r['curve'][-1]['val_loss'] for r in e['runs']])}**")
         lines.append(f"| {e['label']} | {e['params']:,} | {e['train_flops_per_token']['mean'] / 1e6:.2f} M | "
-                     f"{len(e['runs'])} | " + " | ".join(cells) + " |")
+                     f"{len(e['runs'])} | {e['steps']:,} | " + " | ".join(cells) + " |")
     e = models.get("attractor")
     if e:
         keys = [k for k in e["runs"][0]["curve"][0] if k.startswith("val_loss_") and k != "val_loss_full"]
