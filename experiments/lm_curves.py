@@ -217,7 +217,7 @@ def tables(res: dict) -> str:
                     continue
                 v = common.mean_std([c[k] - (0 if k.startswith("val_solver") else c["val_loss"]) for c in rows])
                 cells.append(f"{v['mean']:.2f}" if k.startswith("val_solver") else
-                             f"{v['mean']:.3f} ± {v['std']:.3f}")
+                             f"{v['mean']:.3f}" + (f" ± {v['std']:.3f}" if len(rows) > 1 else ""))
             name = "f-evaluations per token, full solve" if k.startswith("val_solver") else \
                 f"T = {k.rsplit('_', 1)[1]}"
             lines.append(f"| {name} | " + " | ".join(cells) + " |")

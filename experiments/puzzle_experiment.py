@@ -23,7 +23,7 @@ from experiments.common import environment, pyplot, save_figure, write_json
 
 
 def add_args(ap: argparse.ArgumentParser, *, name: str, steps: int, batch: int, lr: float,
-             train_count: int) -> None:
+             train_count: int, mlp_t: bool = False) -> None:
     ap.add_argument("--seed", type=int, default=0)
     repo = pathlib.Path(__file__).resolve().parents[1]
     ap.add_argument("--out", default=str(repo / "experiments" / "results" / name),
@@ -35,9 +35,9 @@ def add_args(ap: argparse.ArgumentParser, *, name: str, steps: int, batch: int, 
     ap.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default {lr})")
     ap.add_argument("--hidden", type=int, default=64, help="hidden size of both models (default 64)")
     ap.add_argument("--act-steps", type=int, default=4, help="halt_max_steps of both models (default 4)")
-    ap.add_argument("--mlp-t", action="store_true",
+    ap.add_argument("--mlp-t", action=argparse.BooleanOptionalAction, default=mlp_t,
                     help="TRM's MLP-mixer block (a token-mixing MLP over the sequence instead of attention, no "
-                         "positional encoding) in both models")
+                         f"positional encoding) in both models (default {'on' if mlp_t else 'off'})")
     ap.add_argument("--models", default="trm,attractor", help="comma-separated subset of trm,attractor")
     ap.add_argument("--data", help=f"a built {name} dataset folder (default: generate one into RUNS/data)")
     ap.add_argument("--train-count", type=int, default=train_count, help="generated training puzzles")

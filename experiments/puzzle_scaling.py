@@ -11,7 +11,8 @@ evaluates them, in eval mode with the EMA weights, on their test split while cha
 Every setting is one curve over supervision steps: exact and cell accuracy against the f-evaluations (L_level
 applications) per puzzle counted up to that step (``nfe_by_step``: measured, not estimated). With ``--real-lists``
 (sudoku only), each list is built into a dataset of ``--real-count`` puzzles (seeded subsample) and both models
-are scored at their trained setting, beside the copy-the-givens baseline.
+are scored at their trained setting, beside the copy-the-givens baseline; ``--test-sets`` scores them the same
+way on other built datasets (e.g. generated puzzles with more blanks than the training data).
 
 Writes ``<out>/results.json``, ``<out>/scaling.png`` (default out: experiments/results/<kind>_scaling).
 
@@ -74,10 +75,23 @@ def curves(label: str, wd: pathlib.Path, a: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def score(dirs: dict[str, pathlib.Path], name: str, root: pathlib.Path) -> list[dict]:
+    """Both models at their trained setting on the test split of the built dataset ``root``."""
+    from attractor_jax.train.trainer import evaluate
+
+    rows = []
+    for label, wd in dirs.items():
+        (res,) = evaluate(wd, depths=[None], data_path=str(root), write=False)["depths"].values()
+        rows.append({"list": name, "model": label, "count": res["count"], "exact": res["exact"],
+                     "cell": res["cell"], "copy_cell": res["copy_cell"], "nfe": res["nfe"]})
+        print(f"  {name:48s} {label:9s} exact {res['exact']:.3f}  cell {res['cell']:.3f}  "
+              f"(copy-the-givens cell {res['copy_cell']:.3f})", flush=True)
+    return rows
+
+
 def real_lists(dirs: dict[str, pathlib.Path], a: argparse.Namespace) -> list[dict]:
     """Both models at their trained setting on ``--real-count`` puzzles of each chosen real list."""
     from attractor_jax.data.puzzles import build_sudoku_dataset
-    from attractor_jax.train.trainer import evaluate
 
     rows = []
     for name in a.real_lists:
@@ -86,13 +100,7 @@ def real_lists(dirs: dict[str, pathlib.Path], a: argparse.Namespace) -> list[dic
             root.parent.mkdir(parents=True, exist_ok=True)
             build_sudoku_dataset(a.real_dir, root, train_csv=name, test_csv=name, subsample_size=1,
                                  test_subsample_size=a.real_count, seed=0)
-        for label, wd in dirs.items():
-            (res,) = evaluate(wd, depths=[None], data_path=str(root), write=False)["depths"].values()
-            rows.append({"list": name, "model": label, "count": res["count"], "exact": res["exact"],
-                         "cell": res["cell"], "copy_cell": res["copy_cell"],
-                         "nfe": res["nfe"]})
-            print(f"  {name:48s} {label:9s} exact {res['exact']:.3f}  cell {res['cell']:.3f}  "
-                  f"(copy-the-givens cell {res['copy_cell']:.3f})", flush=True)
+        rows += score(dirs, name, root)
     return rows
 
 
@@ -135,6 +143,9 @@ def main(argv=None) -> int:
     ap.add_argument("--real-lists", nargs="?", const="all", default="",
                     help="also score the real sudoku lists: 'all' (the default when given without a value) or "
                          "comma-separated file names in --real-dir")
+    ap.add_argument("--test-sets", default="",
+                    help="comma-separated built datasets (folders with test/) to score both models on as well, "
+                         "e.g. generated puzzles with other blank counts than the training data")
     ap.add_argument("--real-count", type=int, default=300, help="puzzles per real list (default 300)")
     ap.add_argument("--real-dir", default=str(common.REPO.parent / "shared" / "data" / "sudoku"),
                     help="folder of the real lists (default ../shared/data/sudoku)")
@@ -154,6 +165,10 @@ def main(argv=None) -> int:
     missing = [x for x in a.real_lists if not (pathlib.Path(a.real_dir) / x).is_file()]
     if missing:
         ap.error(f"--real-lists: {missing} not found in {a.real_dir}")
+    a.test_sets = [pathlib.Path(x) for x in a.test_sets.split(",") if x]
+    missing = [str(x) for x in a.test_sets if not (x / "test" / "dataset.json").is_file()]
+    if missing:
+        ap.error(f"--test-sets: {missing} hold no built test split (test/dataset.json)")
     dirs = {m: pathlib.Path(a.runs) / m for m in ("trm", "attractor")
             if (pathlib.Path(a.runs) / m / "config.json").exists()}
     if not dirs:
@@ -162,6 +177,8 @@ def main(argv=None) -> int:
            "env": common.environment(), "settings": []}
     for label, wd in dirs.items():
         res["settings"] += curves(label, wd, a)
+    if a.test_sets:
+        res["test_sets"] = [row for x in a.test_sets for row in score(dirs, str(x), x)]
     if a.real_lists:
         res["real_lists"] = real_lists(dirs, a)
     common.write_json(out / "results.json", res)

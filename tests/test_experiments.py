@@ -69,7 +69,7 @@ def test_puzzle_scaling_scores_inference_settings_and_real_lists(tmp_path, share
     assert puzzle_scaling.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
                                 "--max-steps", "3", "--max-iters", "0", "--tols", "",
                                 "--real-lists", "sudoku_forum_hardest_1106.csv", "--real-count", "3",
-                                "--real-dir", str(shared_data / "sudoku")]) == 0
+                                "--real-dir", str(shared_data / "sudoku"), "--test-sets", str(data)]) == 0
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     full, removed = res["settings"]
     assert (full["setting"], removed["max_iter"]) == ("full solve", 0)
@@ -77,6 +77,27 @@ def test_puzzle_scaling_scores_inference_settings_and_real_lists(tmp_path, share
     # H_cycles = 2 z_H updates
     assert removed["nfe_by_step"] == pytest.approx([2, 4, 6])
     assert len(full["exact_by_step"]) == 3 and full["nfe_by_step"][0] > 2
+    (own,) = res["test_sets"]  # its own test split, scored as an extra test set: the trained setting's numbers
+    assert own["count"] == 4 and own["cell"] == pytest.approx(full["cell_by_step"][1], abs=1e-6)
     (real,) = res["real_lists"]
     assert real["count"] == 3 and 0 < real["copy_cell"] < 0.5  # hard lists: fewer than 40 givens of 81
     assert (tmp_path / "out" / "scaling.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("script, model", [("sudoku", "trm"), ("maze", "attractor")])
+def test_puzzle_scripts_generate_train_evaluate_and_plot(tmp_path, script, model):
+    import importlib
+
+    mod = importlib.import_module(f"experiments.{script}")
+    size = ["--blanks", "20"] if script == "sudoku" else ["--size", "6", "--min-path", "4"]
+    assert mod.main(["--models", model, "--steps", "2", "--batch-size", "4", "--hidden", "32", "--act-steps", "1",
+                     "--train-count", "6", "--test-count", "4", "--runs", str(tmp_path / "runs"),
+                     "--out", str(tmp_path / "out"), *size]) == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    (entry,) = res["models"].values()
+    assert res["args"]["mlp_t"] is (script == "sudoku")  # sudoku's tuned default: TRM's MLP-mixer block
+    full = entry["eval"]["full"]
+    assert full["count"] == 4 and 0 <= full["exact"] <= full["cell"] <= 1
+    if model == "attractor":  # the solver removed, partial depths and the full solve
+        assert set(entry["eval"]) == {"0", "1", "2", "4", "full"}
+    assert (tmp_path / "out" / f"{script}.png").stat().st_size > 0

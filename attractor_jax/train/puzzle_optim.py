@@ -130,7 +130,8 @@ def make_reasoner_eval_step(graphdef):
     ``count`` (rows), ``exact`` (whole grid right at the last step), ``cell`` (per-row fraction of supervised
     cells right), ``exact_by_step``/``cell_by_step`` [S] (the same after each supervision step), ``copy_cell``
     (cell accuracy of copying the input grid: the givens-only baseline), ``nfe`` (L_level applications per
-    row), ``nfe_by_step`` [S] (the same up to and including each supervision step), and for the Attractor ``solver_iters``/``solver_residual``/``solver_converged``/``solver_diverged``
+    row), ``nfe_by_step`` [S] (the same up to and including each supervision step), and for the Attractor
+    ``solver_iters``/``solver_residual``/``solver_converged``/``solver_diverged``
     (each summed over the S·H_cycles solves of a row; divide by ``count·S·H``) and ``solver_residual_max``
     (a max). Pass the EMA params to evaluate the EMA model; ``max_iter`` must be static
     (``jax.jit(..., static_argnums=3)``).
@@ -174,8 +175,8 @@ def make_reasoner_eval_step(graphdef):
 
 def summarize_eval(rows: list[dict], solves_per_row: int = 1) -> dict:
     """Combine ``make_reasoner_eval_step`` sums over batches into means (``exact``, ``cell``, ``copy_cell``,
-    ``nfe`` per puzzle, ``exact_by_step``/``cell_by_step``/``nfe_by_step`` lists, solver means per solve; ``solves_per_row``
-    = halt_max_steps · H_cycles) and ``count``."""
+    ``nfe`` per puzzle, ``exact_by_step``/``cell_by_step``/``nfe_by_step`` lists, solver means per solve;
+    ``solves_per_row`` = halt_max_steps · H_cycles) and ``count``."""
     import numpy as np
 
     tot: dict = {}
