@@ -84,13 +84,14 @@ def test_puzzle_scaling_scores_inference_settings_and_real_lists(tmp_path, share
     assert (tmp_path / "out" / "scaling.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("script, model", [("sudoku", "trm"), ("maze", "attractor")])
-def test_puzzle_scripts_generate_train_evaluate_and_plot(tmp_path, script, model):
+@pytest.mark.parametrize("script", ["sudoku", "maze"])
+def test_puzzle_scripts_generate_train_evaluate_and_plot(tmp_path, script):
     import importlib
 
     mod = importlib.import_module(f"experiments.{script}")
     size = ["--blanks", "20"] if script == "sudoku" else ["--size", "6", "--min-path", "4"]
-    assert mod.main(["--models", model, "--steps", "2", "--batch-size", "4", "--hidden", "32", "--act-steps", "1",
+    # TRM only (the Attractor reasoner's training and depth evaluation are covered by the scaling test above)
+    assert mod.main(["--models", "trm", "--steps", "2", "--batch-size", "4", "--hidden", "32", "--act-steps", "1",
                      "--train-count", "6", "--test-count", "4", "--runs", str(tmp_path / "runs"),
                      "--out", str(tmp_path / "out"), *size]) == 0
     res = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -98,6 +99,4 @@ def test_puzzle_scripts_generate_train_evaluate_and_plot(tmp_path, script, model
     assert res["args"]["mlp_t"] is (script == "sudoku")  # sudoku's tuned default: TRM's MLP-mixer block
     full = entry["eval"]["full"]
     assert full["count"] == 4 and 0 <= full["exact"] <= full["cell"] <= 1
-    if model == "attractor":  # the solver removed, partial depths and the full solve
-        assert set(entry["eval"]) == {"0", "1", "2", "4", "full"}
     assert (tmp_path / "out" / f"{script}.png").stat().st_size > 0
