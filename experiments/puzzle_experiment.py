@@ -123,9 +123,12 @@ def run_models(kind: str, data: pathlib.Path, a: argparse.Namespace, presets: di
         seconds = time.perf_counter() - t0
         ev = evaluate(wd, depths=[*depths, None])
         from attractor_jax.models import param_counts
+        from attractor_jax.train.trainer import read_run
 
+        # the trained model's count: the run directory's config has the dataset's seq_len and identifiers (the
+        # preset's may differ, e.g. the maze presets' 30×30 grids, which the MLP-mixer's size depends on)
         results["models"][label] = {
-            "preset": presets[label], "params": param_counts(run.model)["total"], "seconds": seconds,
+            "preset": presets[label], "params": param_counts(read_run(wd).model)["total"], "seconds": seconds,
             "eval": ev["depths"], "curve": curve(wd),
         }
         full = ev["depths"]["full"]
