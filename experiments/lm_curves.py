@@ -183,15 +183,15 @@ def band(runs: list[dict], key: str) -> tuple[list[int], list[float], list[float
 def tables(res: dict) -> str:
     """Markdown: validation loss by budget (mean ± std over seeds) and the Attractor's partial-depth gaps."""
     models = res["models"]
-    last = max(c["step"] for m in ("gpt", "parcae", "attractor") if m in models
-               for r in models[m]["runs"] for c in r["curve"]) if set(models) & {"gpt", "parcae", "attractor"} \
-        else max(c["step"] for e in models.values() for r in e["runs"] for c in r["curve"])
+    # columns up to the parameter-matched runs' length (the total-FLOPs GPT runs longer; its end is "final")
+    main = [e for m, e in models.items() if m in RUNGS["tiny"]] or list(models.values())
+    last = max(r["curve"][-1]["step"] for e in main for r in e["runs"])
     budgets = sorted({c["step"] for e in models.values() for r in e["runs"] for c in r["curve"]
                       if c["step"] <= last and (c["step"] % 500 == 0 or c["step"] == last)})
 
-    def cell(vals: list[float]) -> str:
+    def cell(vals: list[float], digits: int = 4) -> str:
         v = common.mean_std(vals)
-        return f"{v['mean']:.4f} ± {v['std']:.4f}" if len(vals) > 1 else f"{v['mean']:.4f}"
+        return f"{v['mean']:.{digits}f}" + (f" ± {v['std']:.{digits}f}" if len(vals) > 1 else "")
 
     lines = ["| model | parameters | train FLOPs/token | seeds | steps | " + " | ".join(f"{b:,} steps" for b in budgets)
              + " | final |", "|---|---:|---:|---:|---:|" + "---:|" * (len(budgets) + 1)]
@@ -215,9 +215,10 @@ def tables(res: dict) -> str:
                 if any(c is None or k not in c for c in rows):
                     cells.append("")
                     continue
-                v = common.mean_std([c[k] - (0 if k.startswith("val_solver") else c["val_loss"]) for c in rows])
-                cells.append(f"{v['mean']:.2f}" if k.startswith("val_solver") else
-                             f"{v['mean']:.3f}" + (f" ± {v['std']:.3f}" if len(rows) > 1 else ""))
+                if k.startswith("val_solver"):
+                    cells.append(f"{common.mean_std([c[k] for c in rows])['mean']:.2f}")
+                else:
+                    cells.append(cell([c[k] - c["val_loss"] for c in rows], 3))
             name = "f-evaluations per token, full solve" if k.startswith("val_solver") else \
                 f"T = {k.rsplit('_', 1)[1]}"
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
