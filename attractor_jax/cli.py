@@ -214,7 +214,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     else:
         rows = pz.generate_maze(args.count, size=args.size, min_path=args.min_path, seed=args.seed,
                                 workers=args.workers, exclude=pz.maze_exclusions(exclude_paths),
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, unique_path=args.unique_path)
         what = "mazes"
     dt = time.time() - t0
     pz.write_puzzle_csv(args.output, rows)
@@ -275,6 +275,9 @@ def _add_data_parser(sub) -> None:
             g.add_argument("--min-path", type=int, default=110,
                            help="keep mazes whose shortest path is longer than this (moves)")
             g.add_argument("--size", type=int, default=30, help="maze side")
+            g.add_argument("--unique-path", action="store_true",
+                           help="keep only mazes with exactly one shortest path (otherwise the answer is A*'s "
+                                "pick among ties)")
         g.add_argument("--seed", type=int, default=0)
         g.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                        help="processes (the output does not depend on it)")

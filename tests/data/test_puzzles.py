@@ -237,6 +237,56 @@ def test_validate_maze_rejects_wrong_paths():
     assert pz.validate_maze(pz.maze_to_tokens(q), pz.maze_to_tokens(good))
 
 
+def _shortest_paths_by_enumeration(question: str, n: int) -> int:
+    """Oracle: every simple S-G path by depth-first search, then how many have the fewest moves."""
+    grid = [question[i * n:(i + 1) * n] for i in range(n)]
+    cell = {ch: divmod(question.index(ch), n) for ch in "SG"}
+    lengths = []
+
+    def walk(r, c, seen):
+        if (r, c) == cell["G"]:
+            lengths.append(len(seen) - 1)
+            return
+        for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            rr, cc = r + dr, c + dc
+            if 0 <= rr < n and 0 <= cc < n and grid[rr][cc] != "#" and (rr, cc) not in seen:
+                walk(rr, cc, seen | {(rr, cc)})
+
+    walk(*cell["S"], {cell["S"]})
+    return lengths.count(min(lengths)) if lengths else 0
+
+
+def test_maze_shortest_path_count_matches_enumeration():
+    rng = np.random.default_rng(0)
+    counts = []
+    for _ in range(60):
+        g = np.where(rng.random(25) < 0.25, "#", " ")
+        s, t = rng.choice(25, 2, replace=False)
+        g[s], g[t] = "S", "G"
+        q = "".join(g)
+        counts.append(pz.maze_shortest_path_count(q))
+        assert counts[-1] == _shortest_paths_by_enumeration(q, 5), q
+    assert 0 in counts and 1 in counts and max(counts) >= 4  # unreachable, unique and tied cases all occur
+    assert pz.maze_shortest_path_count("S   G" + " " * 20) == 1
+    assert pz.maze_shortest_path_count("S    " + "     " + "    G" + " " * 10) == 15  # C(6, 2) corner paths
+
+
+def test_unique_path_mazes_have_one_shortest_path():
+    plain = pz.generate_maze(40, size=8, min_path=10, seed=5)
+    unique = pz.generate_maze(40, size=8, min_path=10, seed=5, unique_path=True)
+    assert sum(pz.maze_shortest_path_count(r.question) > 1 for r in plain) > 20  # ties are the rule
+    for r in unique:
+        assert pz.maze_shortest_path_count(r.question) == 1 and r.rating > 10
+        assert pz.validate_maze(r.question, r.answer)
+        q, a = (pz.maze_to_tokens(x).reshape(8, 8) for x in (r.question, r.answer))
+        for t in range(8):  # each dihedral image's label is what A* answers on that image
+            path = pz.maze_shortest_path(pz.dihedral_transform(q, t))
+            marked = {tuple(x) for x in np.argwhere(pz.dihedral_transform(a, t) == 5)}
+            assert marked == set(path[1:-1])
+    with pytest.raises(ValueError, match="unique_path"):
+        pz.generate_maze(1, size=8, min_path=10, unique_path=1)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Builders (TRM/HRM layout)
 # ----------------------------------------------------------------------------------------------------
@@ -667,6 +717,10 @@ def test_cli_generates_and_builds(tmp_path, capsys):
         == 0
     )
     assert all(r.rating > 60 for r in pz.read_puzzle_csv(mz))
+    mu = tmp_path / "mu.csv"
+    args = ["data", "generate-maze", "--count", "3", "--size", "8", "--min-path", "10", "--unique-path"]
+    assert main([*args, "--output", str(mu), "--workers", "1"]) == 0
+    assert [pz.maze_shortest_path_count(r.question) for r in pz.read_puzzle_csv(mu)] == [1, 1, 1]
 
 
 def test_cli_fails_cleanly(tmp_path, capsys):

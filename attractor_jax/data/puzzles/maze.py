@@ -15,7 +15,13 @@ all with p in 0.33-0.42, the only densities where such paths exist), S is drawn 
 farther than `min_path` from b, G uniformly among the cells farther than `min_path` from S, and S and G are
 swapped with probability 1/2. Layouts are Searchformer's conditioned on holding a long path; S and G given the
 layout are conditioned on their distance, not exactly uniform. The answer path is A*'s (Manhattan heuristic,
-4-neighbourhood); the `rating` column is its length in moves. Measured: about 20 mazes per CPU-second at
+4-neighbourhood); the `rating` column is its length in moves.
+**Ties.** Random walls leave many mazes with several shortest paths: at 10x10 with min_path=14, only ~10 % of
+the draws have one (median 6), so A*'s tie-break decides the answer, and a dihedral image of a maze gets the
+image of the original's path, which need not be the path A* picks on the image; a token-exact score then
+cannot reach 100 % and the training labels contradict each other. `unique_path=True` keeps only mazes with
+one shortest path (up to 32 S-G draws per layout, then a new layout), where the answer is the only right one
+and every image's label is that image's answer. `maze_shortest_path_count` counts them for any question. Measured: about 20 mazes per CPU-second at
 30x30 and min_path=110; the lengths pile up just above the floor (1000 mazes: min 111, median 111, mean 112,
 max 132), since longer paths are rarer still.
 No wall layout repeats, within the output or with the layouts of the `exclude` CSVs, up to the 8 symmetries
@@ -47,6 +53,7 @@ __all__ = [
     "generate_maze",
     "maze_layout_key",
     "maze_shortest_path",
+    "maze_shortest_path_count",
     "maze_to_string",
     "maze_to_tokens",
     "validate_maze",
@@ -194,9 +201,38 @@ def _endpoints(t: np.ndarray, what: str) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _generate_one(args: tuple[int, int, int, int, int, float, float]) -> Draw:
+def _count_shortest_paths(free: bytearray, n: int, start: int, goal: int, cap: int | None = None) -> int:
+    """The number of shortest 4-neighbourhood start-goal paths (0 if the goal is unreachable), counted over
+    the cells in order of distance; with `cap`, counts stop growing past it (min(count, cap))."""
+    ds, dg = _bfs(free, n, start), _bfs(free, n, goal)
+    total = ds[goal]
+    if total < 0:
+        return 0
+    nb = _neighbours(n)
+    on = sorted((c for c in range(n * n) if ds[c] >= 0 and dg[c] >= 0 and ds[c] + dg[c] == total),
+                key=ds.__getitem__)
+    ways = {start: 1}
+    for c in on[1:]:
+        w = sum(ways.get(m, 0) for m in nb[c] if ds[m] == ds[c] - 1)
+        ways[c] = w if cap is None else min(w, cap)
+    return ways[goal]
+
+
+def maze_shortest_path_count(question: Any) -> int:
+    """How many shortest S-G paths a maze question has (0 if G is unreachable). A maze whose count is 1
+    has one right answer; otherwise the answer marks the one A* returns (`maze_shortest_path`)."""
+    t = _as_tokens(question, "question")
+    s, g = _endpoints(t, "question")
+    return _count_shortest_paths(bytearray((t.reshape(-1) != WALL).astype(np.uint8).tobytes()), t.shape[0], s, g)
+
+
+# S-G pairs tried on a layout before a unique-path draw (`generate_maze(unique_path=True)`) draws a new one
+_UNIQUE_TRIES = 32
+
+
+def _generate_one(args: tuple[int, int, int, int, int, float, float, bool]) -> Draw:
     """Maze `index` (`generate_maze`), keyed by its layout."""
-    seed, index, attempt, n, min_path, lo, hi = args
+    seed, index, attempt, n, min_path, lo, hi, unique = args
     rng = np.random.default_rng([seed, index, attempt])
     cells = n * n
     while True:
@@ -214,12 +250,17 @@ def _generate_one(args: tuple[int, int, int, int, int, float, float]) -> Draw:
         far_b = np.flatnonzero(db > min_path)
         if len(far_b) == 0:
             continue
-        start = int(far_b[rng.integers(len(far_b))])
-        dist = np.asarray(_bfs(free, n, start))
-        far = np.flatnonzero(dist > min_path)  # non-empty: it holds b
-        goal = int(far[rng.integers(len(far))])
-        if rng.random() < 0.5:
-            start, goal = goal, start
+        for _ in range(_UNIQUE_TRIES if unique else 1):
+            start = int(far_b[rng.integers(len(far_b))])
+            dist = np.asarray(_bfs(free, n, start))
+            far = np.flatnonzero(dist > min_path)  # non-empty: it holds b
+            goal = int(far[rng.integers(len(far))])
+            if rng.random() < 0.5:
+                start, goal = goal, start
+            if not unique or _count_shortest_paths(free, n, start, goal, cap=2) == 1:
+                break
+        else:
+            continue  # no S-G pair with one shortest path on this layout: a new layout
         path = _astar(free, n, start, goal)
         assert path is not None and len(path) - 1 > min_path
         q = np.where(walls, WALL, FREE).astype(np.uint8)
@@ -232,12 +273,13 @@ def _generate_one(args: tuple[int, int, int, int, int, float, float]) -> Draw:
 def generate_maze(
     count: int, *, size: int = 30, min_path: int = 110, wall_fraction: tuple[float, float] = (0.3, 0.5),
     seed: int = 0, workers: int = 1, exclude: Iterable[str] = (), source: str = "attractor_jax.generate_maze",
-    progress: bool = False,
+    progress: bool = False, unique_path: bool = False,
 ) -> list[PuzzleRow]:
     """`count` mazes whose shortest path is longer than `min_path` moves, as CSV rows; `exclude` holds layout
-    keys (`maze_layout_key`) that must not be reused (module docstring). workers > 1 starts that many spawned
-    processes (from a script, call this under `if __name__ == "__main__":`). `progress` shows a progress bar
-    on stdout."""
+    keys (`maze_layout_key`) that must not be reused (module docstring). `unique_path` keeps only mazes with
+    exactly one shortest path (module docstring: otherwise the answer is one of several). workers > 1 starts
+    that many spawned processes (from a script, call this under `if __name__ == "__main__":`). `progress`
+    shows a progress bar on stdout."""
     count = check_int("count", count, 1)
     size = check_int("size", size, 2)
     min_path = check_int("min_path", min_path, 0)
@@ -248,7 +290,9 @@ def generate_maze(
         raise ValueError(f"wall_fraction={wall_fraction!r} is invalid: expected 0 <= low <= high < 1")
     if min_path >= size * size - 1:
         raise ValueError(f"min_path={min_path} is invalid: a {size}x{size} maze has paths of < {size * size - 1} moves")
-    return draw_unique_rows(_generate_one, (size, min_path, lo, hi), count, seed=seed, source=source,
+    if not isinstance(unique_path, bool):
+        raise ValueError(f"unique_path={unique_path!r} is invalid: expected a bool")
+    return draw_unique_rows(_generate_one, (size, min_path, lo, hi, unique_path), count, seed=seed, source=source,
                             exclude=exclude, what="mazes", workers=workers, progress=progress, chunksize=8)
 
 
