@@ -88,9 +88,19 @@ def train_run(run: RunConfig, workdir: pathlib.Path, label: str) -> dict:
     """Train (or resume/skip) one run; returns ``{"seconds", "curve"}`` with the logged training curve."""
     print(f"\n== {label}  ({workdir})", flush=True)
     t0 = time.perf_counter()
-    train(run, workdir)
+    train_to_end(run, workdir, train)
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "curve": read_curve(workdir)}
+
+
+def train_to_end(run: RunConfig, workdir: pathlib.Path, train_fn) -> dict:
+    """``train_fn(run, workdir)`` (the trainer's ``train``), or SystemExit when it returned before the last step
+    (SIGTERM: the trainer checkpoints and returns), so that no script evaluates or reports a partial run."""
+    summary = train_fn(run, workdir)
+    if summary["step"] < run.train.steps:
+        raise SystemExit(f"error: training in {workdir} stopped at step {summary['step']} of {run.train.steps} "
+                         "(interrupted); nothing was evaluated or written — rerun the same command to resume it")
+    return summary
 
 
 def read_curve(workdir: pathlib.Path) -> list[dict]:

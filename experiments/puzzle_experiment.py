@@ -19,7 +19,7 @@ import json
 import pathlib
 import time
 
-from experiments.common import environment, pyplot, save_figure, write_json
+from experiments.common import environment, pyplot, save_figure, train_to_end, write_json
 
 
 def add_args(ap: argparse.ArgumentParser, *, name: str, steps: int, batch: int, lr: float,
@@ -119,7 +119,7 @@ def run_models(kind: str, data: pathlib.Path, a: argparse.Namespace, presets: di
         print(f"\n== {label} ({presets[label]}, hidden {a.hidden}, {a.steps} steps × batch {a.batch_size})",
               flush=True)
         t0 = time.perf_counter()
-        train(run, wd)
+        train_to_end(run, wd, train)
         seconds = time.perf_counter() - t0
         ev = evaluate(wd, depths=[*depths, None])
         from attractor_jax.models import param_counts

@@ -90,10 +90,20 @@ def test_puzzle_scripts_generate_train_evaluate_and_plot(tmp_path, script):
 
     mod = importlib.import_module(f"experiments.{script}")
     size = ["--blanks", "20"] if script == "sudoku" else ["--size", "6", "--min-path", "4"]
+    from attractor_jax.train import trainer
+
     # TRM only (the Attractor reasoner's training and depth evaluation are covered by the scaling test above)
-    assert mod.main(["--models", "trm", "--steps", "2", "--batch-size", "4", "--hidden", "32", "--act-steps", "1",
-                     "--train-count", "6", "--test-count", "4", "--runs", str(tmp_path / "runs"),
-                     "--out", str(tmp_path / "out"), *size]) == 0
+    args = ["--models", "trm", "--steps", "2", "--batch-size", "4", "--hidden", "32", "--act-steps", "1",
+            "--train-count", "6", "--test-count", "4", "--runs", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "out"), *size]
+    # interrupted training (as a SIGTERM ends it: checkpoint and return) is not evaluated or reported
+    real = trainer.train
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer, "train", lambda run, wd: real(run, wd, stop_after=1))
+        with pytest.raises(SystemExit, match="stopped at step 1 of 2"):
+            mod.main(args)
+    assert not (tmp_path / "out").exists()
+    assert mod.main(args) == 0  # the rerun resumes at step 1
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     (entry,) = res["models"].values()
     assert res["args"]["mlp_t"] is (script == "sudoku")  # sudoku's tuned default: TRM's MLP-mixer block
