@@ -9,6 +9,7 @@ from attractor_jax.nn.attention import out_proj_init
 from attractor_jax.nn.config import BlockConfig
 from attractor_jax.nn.init import matrix_init
 from attractor_jax.nn.layers import Linear
+from attractor_jax.nn.sharding import platform
 
 
 def relu2(x: jax.Array) -> jax.Array:
@@ -33,11 +34,17 @@ class MLP(nnx.Module):
         self.proj = Linear(i, d, kernel_init=out_proj_init(cfg), axes=("mlp", "embed"), dtype=dt, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        lead = x.shape[:-1]
+        if x.ndim > 2 and platform() == "cpu":
+            # [B·T, d] rows throughout: with the activation on [B, T, i] XLA:CPU's backward was slower (measured
+            # at [8, 256] tokens, d 256, i 1024, 2 cores: forward+backward 59 → 46 ms, the backward 45 → 30 ms)
+            x = x.reshape(-1, x.shape[-1])
         if self.gate is not None:
             h = jax.nn.silu(self.gate(x)) * self.fc(x)
         else:
             h = relu2(self.fc(x))
-        return self.proj(h)
+        y = self.proj(h)
+        return y.reshape(*lead, y.shape[-1])
 
 
 __all__ = ["MLP", "relu2"]
