@@ -2,7 +2,7 @@
 93.1 % on Maze-Hard (30×30) for the 27M Attractor vs 85.3 % for TRM; here at CPU scale on smaller mazes).
 
     python experiments/maze.py                       # 10×10 generated mazes with one shortest path > 14 moves
-    python experiments/maze.py --size 30 --min-path 110 --steps 5000       # the Maze-Hard procedure
+    python experiments/maze.py --size 30 --min-path 110 --no-unique-path --steps 5000   # the Maze-Hard procedure
     python experiments/maze.py --data DIR            # a built dataset (attractor-jax data maze ...)
 
 Writes ``results.json`` and ``maze.png`` into ``--out`` (default experiments/results/maze); the generated data
@@ -10,7 +10,7 @@ and the runs go to ``--runs`` (default runs/experiments/maze). Mazes come from t
 Searchformer procedure (``generate_maze``: random walls, A* shortest path, no wall layout shared between train
 and test), by default only those with one shortest path (``--no-unique-path``: any); training mazes get the 8
 dihedral images. Defaults: 1,000 training mazes, TRM's MLP-mixer block, 1,200 steps × 64 (TRM ~60 CPU-min,
-the Attractor about twice that).
+the Attractor about three times that).
 """
 
 from __future__ import annotations
