@@ -25,7 +25,8 @@ import numpy as np
 
 from attractor_jax.models import get_config
 from attractor_jax.train.optim import OptimConfig
-from attractor_jax.train.trainer import DataConfig, RunConfig, TrainConfig, train
+from attractor_jax.train import trainer
+from attractor_jax.train.trainer import DataConfig, RunConfig, TrainConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_TEXT = REPO.parent / "shared" / "data" / "text"
@@ -88,15 +89,15 @@ def train_run(run: RunConfig, workdir: pathlib.Path, label: str) -> dict:
     """Train (or resume/skip) one run; returns ``{"seconds", "curve"}`` with the logged training curve."""
     print(f"\n== {label}  ({workdir})", flush=True)
     t0 = time.perf_counter()
-    train_to_end(run, workdir, train)
+    train_to_end(run, workdir)
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "curve": read_curve(workdir)}
 
 
-def train_to_end(run: RunConfig, workdir: pathlib.Path, train_fn) -> dict:
-    """``train_fn(run, workdir)`` (the trainer's ``train``), or SystemExit when it returned before the last step
-    (SIGTERM: the trainer checkpoints and returns), so that no script evaluates or reports a partial run."""
-    summary = train_fn(run, workdir)
+def train_to_end(run: RunConfig, workdir: pathlib.Path) -> dict:
+    """The trainer's ``train(run, workdir)``, or SystemExit when it returned before the last step (SIGTERM: the
+    trainer checkpoints and returns), so that no script evaluates or reports a partial run."""
+    summary = trainer.train(run, workdir)
     if summary["step"] < run.train.steps:
         raise SystemExit(f"error: training in {workdir} stopped at step {summary['step']} of {run.train.steps} "
                          "(interrupted); nothing was evaluated or written — rerun the same command to resume it")

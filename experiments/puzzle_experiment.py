@@ -108,7 +108,8 @@ def curve(workdir: pathlib.Path) -> list[dict]:
 
 def run_models(kind: str, data: pathlib.Path, a: argparse.Namespace, presets: dict[str, str]) -> dict:
     """Train and evaluate each model; returns the results dict (also written to ``out/results.json``)."""
-    from attractor_jax.train.trainer import evaluate, train
+    from attractor_jax.models import param_counts
+    from attractor_jax.train.trainer import evaluate, read_run
 
     out = pathlib.Path(a.out)
     results = {"kind": kind, "env": environment(), "data": str(data), "args": vars(a), "models": {}}
@@ -119,12 +120,9 @@ def run_models(kind: str, data: pathlib.Path, a: argparse.Namespace, presets: di
         print(f"\n== {label} ({presets[label]}, hidden {a.hidden}, {a.steps} steps × batch {a.batch_size})",
               flush=True)
         t0 = time.perf_counter()
-        train_to_end(run, wd, train)
+        train_to_end(run, wd)
         seconds = time.perf_counter() - t0
         ev = evaluate(wd, depths=[*depths, None])
-        from attractor_jax.models import param_counts
-        from attractor_jax.train.trainer import read_run
-
         # the trained model's count: the run directory's config has the dataset's seq_len and identifiers (the
         # preset's may differ, e.g. the maze presets' 30×30 grids, which the MLP-mixer's size depends on)
         results["models"][label] = {

@@ -178,14 +178,18 @@ def _astar(free: bytearray, n: int, start: int, goal: int) -> list[int] | None:
     return None
 
 
+def _free_cells(t: np.ndarray) -> bytearray:
+    """Row-major 0/1 mask of the non-wall cells of tokens ``t``, as `_bfs` and `_astar` read it."""
+    return bytearray((t.reshape(-1) != WALL).astype(np.uint8).tobytes())
+
+
 def maze_shortest_path(question: Any) -> list[tuple[int, int]] | None:
     """A shortest S-G path of a maze question as (row, col) cells, S and G included (None if G is
     unreachable)."""
     t = _as_tokens(question, "question")
     n = t.shape[0]
     s, g = _endpoints(t, "question")
-    free = bytearray((t.reshape(-1) != WALL).astype(np.uint8).tobytes())
-    path = _astar(free, n, s, g)
+    path = _astar(_free_cells(t), n, s, g)
     return None if path is None else [divmod(c, n) for c in path]
 
 
@@ -202,10 +206,13 @@ def _endpoints(t: np.ndarray, what: str) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _count_shortest_paths(free: bytearray, n: int, start: int, goal: int, cap: int | None = None) -> int:
+def _count_shortest_paths(free: bytearray, n: int, start: int, goal: int, cap: int | None = None,
+                          ds: Sequence[int] | None = None) -> int:
     """The number of shortest 4-neighbourhood start-goal paths (0 if the goal is unreachable), counted over
-    the cells in order of distance; with `cap`, counts stop growing past it (min(count, cap))."""
-    ds, dg = _bfs(free, n, start), _bfs(free, n, goal)
+    the cells in order of distance; with `cap`, counts stop growing past it (min(count, cap)). `ds`: the
+    distances from `start` (`_bfs`), when the caller has them."""
+    ds = _bfs(free, n, start) if ds is None else ds
+    dg = _bfs(free, n, goal)
     total = ds[goal]
     if total < 0:
         return 0
@@ -224,7 +231,7 @@ def maze_shortest_path_count(question: Any) -> int:
     has one right answer; otherwise the answer marks the one A* returns (`maze_shortest_path`)."""
     t = _as_tokens(question, "question")
     s, g = _endpoints(t, "question")
-    return _count_shortest_paths(bytearray((t.reshape(-1) != WALL).astype(np.uint8).tobytes()), t.shape[0], s, g)
+    return _count_shortest_paths(_free_cells(t), t.shape[0], s, g)
 
 
 # S-G pairs tried on a layout before a unique-path draw (`generate_maze(unique_path=True)`) draws a new one
@@ -253,12 +260,14 @@ def _generate_one(args: tuple[int, int, int, int, int, float, float, bool]) -> D
             continue
         for _ in range(_UNIQUE_TRIES if unique else 1):
             start = int(far_b[rng.integers(len(far_b))])
-            dist = np.asarray(_bfs(free, n, start))
-            far = np.flatnonzero(dist > min_path)  # non-empty: it holds b
+            dist = _bfs(free, n, start)
+            far = np.flatnonzero(np.asarray(dist) > min_path)  # non-empty: it holds b
             goal = int(far[rng.integers(len(far))])
+            # the count is symmetric in S and G, so it is taken before the swap, from the BFS at hand
+            one = not unique or _count_shortest_paths(free, n, start, goal, cap=2, ds=dist) == 1
             if rng.random() < 0.5:
                 start, goal = goal, start
-            if not unique or _count_shortest_paths(free, n, start, goal, cap=2) == 1:
+            if one:
                 break
         else:
             continue  # no S-G pair with one shortest path on this layout: a new layout
@@ -330,8 +339,7 @@ def validate_maze(question: Any, prediction: Any) -> Validation:
     if ((~on_path) & (pf != qf)).any():
         c = int(np.flatnonzero((~on_path) & (pf != qf))[0])
         return Validation(False, f"cell at row {c // n}, col {c % n} differs from the question off the path")
-    free = bytearray((qf != WALL).astype(np.uint8).tobytes())
-    dist = _bfs(free, n, s)[g]
+    dist = _bfs(_free_cells(q), n, s)[g]
     if dist < 0:
         return Validation(False, "the goal is unreachable in the question")
     members = set(np.flatnonzero(on_path).tolist()) | {s, g}
