@@ -98,25 +98,56 @@ def einsum_attention(q_BTNH, k_BSKH, v_BSKH, *, causal: bool, mask: jax.Array | 
     of the ``[.., T, S]`` probabilities. On a 2-core CPU ([8, 256, 4, 64], causal) this is 2.8x faster forward and 2.3x
     forward+backward than ``jax.nn.dot_product_attention``'s XLA path (measured in isolation). ``mask``:
     boolean, broadcastable to ``[B, 1, T, S]`` (True = attend); each query must see at least one key.
+
+    Causal self-attention without a mask skips the key blocks that the causal mask hides: the queries are split
+    into up to 4 blocks of at least 64 rows (`causal_query_blocks`), and block i attends to the first (i + 1)/nb of
+    the keys only, which saves 1/4 (2 blocks) to 3/8 (4 blocks) of the score work. Same numbers as one product
+    (each row's keys and sums are the same); forward+backward at [8, 256, 4, 64] 21 → 16 ms on 2 cores.
     """
     b, t, n, h = q_BTNH.shape
     s_len, kv = k_BSKH.shape[1], k_BSKH.shape[2]
     g = n // kv
-    # Heads-major layout once ([B, K, G·T, H] queries against [B, K, S, H] keys/values), so that every product
+    # Heads-major layout once ([B, K, G, T, H] queries against [B, K, S, H] keys/values), so that every product
     # here and in the backward pass is a plain batched matrix product.
     q = (q_BTNH.astype(jnp.float32) * h**-0.5).astype(q_BTNH.dtype)
-    q = q.reshape(b, t, kv, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, h)
+    q = q.reshape(b, t, kv, g, h).transpose(0, 2, 3, 1, 4)
     k, v = k_BSKH.transpose(0, 2, 1, 3), v_BSKH.transpose(0, 2, 1, 3)
-    s = jnp.einsum("bkqh,bksh->bkqs", q, k, preferred_element_type=jnp.float32).reshape(b, kv, g, t, s_len)
-    if mask is None and causal:
-        mask = (jnp.arange(s_len)[None, :] <= jnp.arange(t)[:, None] + (s_len - t))[None, None]
-    if mask is not None:
-        s = s + jnp.where(mask, 0.0, -1e30)[:, :, None]  # [B|1, 1, 1, T, S]
-    e = jnp.exp(s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))
-    o = jnp.einsum("bkqs,bksh->bkqh", e.astype(v.dtype).reshape(b, kv, g * t, s_len), v,
-                   preferred_element_type=jnp.float32).reshape(b, kv, g, t, h)
-    o = o / jnp.sum(e, axis=-1)[..., None]
+    nb = causal_query_blocks(t) if causal and mask is None and s_len == t else 1
+    c = t // nb
+    outs = []
+    for i in range(nb):  # query rows [i·c, (i+1)·c) see keys [0, keys) at most
+        keys = s_len if nb == 1 else (i + 1) * c
+        block_mask = mask
+        if block_mask is None and causal:
+            rows = jnp.arange(i * c, (i + 1) * c)[:, None] + (s_len - t)
+            block_mask = (jnp.arange(keys)[None, :] <= rows)[None, None]
+        outs.append(_attend(q[:, :, :, i * c:(i + 1) * c], k[:, :, :keys], v[:, :, :keys], block_mask))
+    o = outs[0] if nb == 1 else jnp.concatenate(outs, axis=3)
     return o.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h).astype(q_BTNH.dtype)
+
+
+def causal_query_blocks(t: int) -> int:
+    """How many query blocks `einsum_attention` splits causal self-attention over ``t`` tokens into: 4, 2 or 1,
+    the most that keeps every block at least 64 rows and divides ``t``."""
+    for nb in (4, 2):
+        if t % nb == 0 and t // nb >= 64:
+            return nb
+    return 1
+
+
+def _attend(q_BKGCH, k_BKSH, v_BKSH, mask):
+    """Softmax attention of heads-major queries ``[B, K, G, C, H]`` (already scaled) on ``[B, K, S, H]`` keys and
+    values; ``mask`` broadcastable to ``[B, 1, C, S]`` or None. Returns ``[B, K, G, C, H]`` in float32."""
+    b, kv, g, c, h = q_BKGCH.shape
+    s_len = k_BKSH.shape[2]
+    s = jnp.einsum("bkqh,bksh->bkqs", q_BKGCH.reshape(b, kv, g * c, h), k_BKSH,
+                   preferred_element_type=jnp.float32).reshape(b, kv, g, c, s_len)
+    if mask is not None:
+        s = s + jnp.where(mask, 0.0, -1e30)[:, :, None]  # [B|1, 1, 1, C, S]
+    e = jnp.exp(s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))
+    o = jnp.einsum("bkqs,bksh->bkqh", e.astype(v_BKSH.dtype).reshape(b, kv, g * c, s_len), v_BKSH,
+                   preferred_element_type=jnp.float32).reshape(b, kv, g, c, h)
+    return o / jnp.sum(e, axis=-1)[..., None]
 
 
 def _splash_attention(q, k, v, *, causal: bool, interpret: bool = False):

@@ -170,14 +170,17 @@ def test_splash_kernel_matches_xla_in_interpret_mode():
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-4)
 
 
-@pytest.mark.parametrize("n_heads,n_kv,causal,masked", [(4, 4, True, False), (4, 2, True, False),
-                                                        (4, 1, False, False), (2, 2, False, True)])
-def test_einsum_attention_matches_float64_numpy_and_jax_gradients(n_heads, n_kv, causal, masked):
+@pytest.mark.parametrize("n_heads,n_kv,causal,masked,t", [(4, 4, True, False, 5), (4, 2, True, False, 5),
+                                                          (4, 1, False, False, 5), (2, 2, False, True, 5),
+                                                          (4, 2, True, False, 256), (2, 1, True, False, 192)])
+def test_einsum_attention_matches_float64_numpy_and_jax_gradients(n_heads, n_kv, causal, masked, t):
     """The CPU default (`einsum_attention`) against a float64 numpy softmax attention (values), and its gradients
-    against ``jax.nn.dot_product_attention``'s XLA path; grouped heads and an explicit KV-cache style mask."""
-    from attractor_jax.nn.attention import einsum_attention
+    against ``jax.nn.dot_product_attention``'s XLA path; grouped heads, an explicit KV-cache style mask, and causal
+    lengths split into 4 (256) and 2 (192) query blocks that skip hidden keys."""
+    from attractor_jax.nn.attention import causal_query_blocks, einsum_attention
 
-    b, t, s, h = 2, 5, 7 if masked else 5, 8
+    assert causal_query_blocks(t) == {5: 1, 256: 4, 192: 2}[t]
+    b, s, h = 2, 7 if masked else t, 8
     ks = jax.random.split(jax.random.key(3), 3)
     q = jax.random.normal(ks[0], (b, t, n_heads, h))
     k = jax.random.normal(ks[1], (b, s, n_kv, h))
