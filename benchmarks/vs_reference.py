@@ -10,8 +10,9 @@ only a forward is timed):
 - ``train_step``: one optimizer step (forward solve, implicit backward, clip, AdamW), tokens/s;
 - ``head_pass``: one evaluation of the attractor map f(y, c) = H(y + c) - y, forward only;
 - ``backbone``: the backbone's forward (embedding and 2 blocks) that proposes c;
-- ``fwd0`` / ``grad0`` (ours only): loss at max_iter 0 (c decoded directly) and its value-and-gradient; the
-  ratio (grad0 - fwd0) / fwd0 is the backward's cost in forwards.
+- ``fwd0`` / ``grad0``: loss at max_iter 0 (c decoded directly) and its value-and-gradient; the ratio
+  (grad0 - fwd0) / fwd0 is the backward's cost in forwards (theirs: the same decode of c with their modules,
+  ``reference_worker.py``; their forward under ``torch.no_grad``).
 
 The authors' side runs in a separate interpreter that has torch (``--reference-python``) on a checkout of
 their repository (``--reference-repo``, jacobfa/Attractor), driven round by round through a pipe so that
@@ -39,8 +40,12 @@ CONFIG = dict(d_model=256, n_heads=4, mlp_dim=1024, n_backbone_layers=2, n_fp_bl
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_worker.py")
 
 
-def build_ours():
-    """Our functions on CONFIG, each a zero-argument callable that runs once and waits for the result."""
+COMPONENTS = ("block", "attention", "attn_core", "mlp", "decode_ce")
+
+
+def build_ours(components: bool = False):
+    """Our functions on CONFIG, each a zero-argument callable that runs once and waits for the result;
+    ``components`` adds ``<part>_fwd`` / ``<part>_grad`` for each of `COMPONENTS` (see `main`'s help)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -90,11 +95,51 @@ def build_ours():
         "fwd0": lambda: jax.block_until_ready(fwd0(params, batch["inputs"], batch["targets"])),
         "grad0": lambda: jax.block_until_ready(grad0(params, batch["inputs"], batch["targets"])),
     }
+    if components:
+        fns.update(_our_components(model, cvec, batch["targets"]))
     for fn in fns.values():  # compile everything before timing
         fn()
     info = {"params": param_counts(model_cfg)["total"], "solver_f_evals": iters, "jax": jax.__version__,
             "device": jax.devices()[0].device_kind, "dtype": str(jnp.dtype(model_cfg.dtype))}
     return fns, info
+
+
+def _our_components(model, x, targets) -> dict:
+    """Forward and value-and-gradient (parameters and input) of the first backbone block's parts on ``x``:
+    ``sum(part(x) · r)`` for a fixed random ``r``; ``decode_ce`` is the final norm, tied logits and
+    cross-entropy."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from attractor_jax.nn.attention import dot_product_attention
+    from attractor_jax.train.trainer import cross_entropy
+
+    blk = model.backbone[0]
+    b, t, d = x.shape
+    n, hd = model.config.n_heads, d // model.config.n_heads
+    r = jax.random.normal(jax.random.key(3), x.shape)
+    qkv = jax.random.normal(jax.random.key(4), (3, b, t, n, hd))
+    r_core = jax.random.normal(jax.random.key(5), (b, t, n, hd))
+    parts = {"block": (blk, lambda m, x: jnp.sum(m(x) * r)),
+             "attention": (blk.attn, lambda m, x: jnp.sum(m(x) * r)),
+             "mlp": (blk.mlp, lambda m, x: jnp.sum(m(x) * r)),
+             "decode_ce": (model, lambda m, x: cross_entropy(m.decode(x), targets))}
+    fns = {}
+    for name, (mod, call) in parts.items():
+        graphdef, state = nnx.split(mod)
+        loss = (lambda gd, call: lambda st, x: call(nnx.merge(gd, st), x))(graphdef, call)
+        fwd, grad = jax.jit(loss), jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+        fns[f"{name}_fwd"] = (lambda f, st: lambda: jax.block_until_ready(f(st, x)))(fwd, state)
+        fns[f"{name}_grad"] = (lambda g, st: lambda: jax.block_until_ready(g(st, x)))(grad, state)
+
+    def core(q, k, v):  # the CPU default (einsum_attention), causal
+        return jnp.sum(dot_product_attention(q, k, v, causal=True) * r_core)
+
+    fwd, grad = jax.jit(core), jax.jit(jax.value_and_grad(core, argnums=(0, 1, 2)))
+    fns["attn_core_fwd"] = lambda: jax.block_until_ready(fwd(*qkv))
+    fns["attn_core_grad"] = lambda: jax.block_until_ready(grad(*qkv))
+    return fns
 
 
 def time_fns(fns: dict, reps: int) -> dict:
@@ -113,9 +158,10 @@ def time_fns(fns: dict, reps: int) -> dict:
 class Reference:
     """The authors' side in its own interpreter: sends ``round REPS``, reads one JSON line back."""
 
-    def __init__(self, python: str, repo: str, threads: int):
+    def __init__(self, python: str, repo: str, threads: int, components: bool = False):
         cfg = json.dumps(CONFIG)
-        self.proc = subprocess.Popen([python, WORKER, repo, cfg, str(threads)], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([python, WORKER, repo, cfg, str(threads), str(int(components))],
+                                     stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         self.info = self._read()
 
@@ -142,12 +188,16 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads on the reference side")
     ap.add_argument("--reference-python", default=None, help="an interpreter with torch, einops, safetensors")
     ap.add_argument("--reference-repo", default=None, help="a checkout of jacobfa/Attractor")
+    ap.add_argument("--components", action="store_true",
+                    help="also time the first backbone block and its parts (attention with its projections, the "
+                         "attention core alone, the MLP, and the final norm + tied logits + cross-entropy), forward "
+                         "and forward+backward, on both sides")
     ap.add_argument("--out", default="benchmarks/results/vs_reference.json")
     a = ap.parse_args(argv)
     if bool(a.reference_python) != bool(a.reference_repo):
         ap.error("--reference-python and --reference-repo go together")
-    ref = Reference(a.reference_python, a.reference_repo, a.threads) if a.reference_python else None
-    fns, info = build_ours()
+    ref = Reference(a.reference_python, a.reference_repo, a.threads, a.components) if a.reference_python else None
+    fns, info = build_ours(a.components)
     if ref is not None and ref.info["params"] != info["params"]:
         raise SystemExit(f"parameter counts differ: ours {info['params']:,}, theirs {ref.info['params']:,}")
     ours, theirs = [], []
@@ -168,7 +218,10 @@ def main(argv=None) -> int:
     print(f"{'':22s} {'ours':>10s}" + (f" {'theirs':>10s} {'ours/theirs':>12s}" if ref else ""))
     if ref is not None:
         tmed = {k: statistics.median(r[k] for r in theirs) for k in theirs[0]}
-        rows["theirs"] = {**tmed, "tokens_per_s": tok / tmed["train_step"] * 1e3, "info": ref.info}
+        rows["theirs"] = {**tmed, "tokens_per_s": tok / tmed["train_step"] * 1e3,
+                          "backward_over_forward": (tmed["grad0"] - tmed["fwd0"]) / tmed["fwd0"],
+                          "backward_over_forward_by_round": [(r["grad0"] - r["fwd0"]) / r["fwd0"] for r in theirs],
+                          "info": ref.info}
     for k, label in (("train_step", "train step ms"), ("head_pass", "head pass ms"), ("backbone", "backbone fwd ms"),
                      ("fwd0", "loss at T=0 ms"), ("grad0", "value+grad at T=0 ms")):
         line = f"{label:22s} {med[k]:10.1f}"
@@ -182,8 +235,22 @@ def main(argv=None) -> int:
         rows["train_step_speedup"] = speed
         rows["head_pass_speedup"] = rows["theirs"]["head_pass"] / med["head_pass"]
     print(line)
-    print(f"backward / forward at T=0: {rows['ours']['backward_over_forward']:.2f} (rounds: "
-          f"{min(per_round):.2f}–{max(per_round):.2f})")
+    if a.components:
+        print(f"\n{'component (ms)':16s} {'fwd ours':>9s} {'theirs':>7s} {'fwd+bwd ours':>13s} {'theirs':>7s} "
+              f"{'bwd/fwd ours':>13s} {'theirs':>7s}")
+        for part in COMPONENTS:
+            f, g = med[f"{part}_fwd"], med[f"{part}_grad"]
+            line = f"{part:16s} {f:9.1f} {'':7s} {g:13.1f} {'':7s} {(g - f) / f:13.2f}"
+            if ref is not None:
+                tf, tg = rows["theirs"][f"{part}_fwd"], rows["theirs"][f"{part}_grad"]
+                line = (f"{part:16s} {f:9.1f} {tf:7.1f} {g:13.1f} {tg:7.1f} {(g - f) / f:13.2f} "
+                        f"{(tg - tf) / tf:7.2f}")
+            print(line)
+    for side in rows:
+        if side in ("ours", "theirs"):
+            r = rows[side]["backward_over_forward_by_round"]
+            print(f"backward / forward at T=0, {side}: {rows[side]['backward_over_forward']:.2f} (rounds: "
+                  f"{min(r):.2f}–{max(r):.2f})")
     out = os.path.abspath(a.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), suffix=".tmp")
