@@ -42,6 +42,9 @@ def add_args(ap: argparse.ArgumentParser, *, name: str, steps: int, batch: int, 
     ap.add_argument("--data", help=f"a built {name} dataset folder (default: generate one into RUNS/data)")
     ap.add_argument("--train-count", type=int, default=train_count, help="generated training puzzles")
     ap.add_argument("--test-count", type=int, default=200, help="generated test puzzles")
+    ap.add_argument("--jacobian-weight", type=float, default=0.0,
+                    help="the Attractor reasoner's Jacobian penalty λ (λ·||∂L/∂z||²_F / dim at the solved z_L, "
+                         "training only; default 0: off). Keeps its z_L map contractive where it drifts")
 
 
 def check(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
@@ -50,6 +53,8 @@ def check(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             ap.error(f"--{k.replace('_', '-')}={getattr(a, k)} must be >= 1")
     if not a.lr > 0:
         ap.error(f"--lr={a.lr} must be > 0")
+    if not a.jacobian_weight >= 0:
+        ap.error(f"--jacobian-weight={a.jacobian_weight} must be >= 0")
     bad = set(a.models.split(",")) - {"trm", "attractor"}
     if bad or not a.models:
         ap.error(f"--models {a.models!r}: expected a comma-separated subset of trm,attractor")
@@ -87,9 +92,11 @@ def make_run(preset: str, data: pathlib.Path, a: argparse.Namespace, depths: tup
     from attractor_jax.train.optim import reference_optim_config
     from attractor_jax.train.trainer import DataConfig, RunConfig, TrainConfig
 
-    mixer = dict(mlp_t=True, pos_encodings="none") if a.mlp_t else {}
+    extra = dict(mlp_t=True, pos_encodings="none") if a.mlp_t else {}
+    if a.jacobian_weight > 0 and preset.startswith("attractor"):
+        extra["jacobian_weight"] = a.jacobian_weight
     cfg = get_config(preset, hidden_size=a.hidden, num_heads=max(1, a.hidden // 32), halt_max_steps=a.act_steps,
-                     **mixer)
+                     **extra)
     optim = reference_optim_config(cfg, lr=a.lr, weight_decay=0.1, puzzle_emb_weight_decay=0.1,
                                    warmup_steps=max(1, a.steps // 20), ema_decay=0.99)
     train = TrainConfig(steps=a.steps, batch_size=a.batch_size, seed=a.seed, log_every=max(1, a.steps // 40),

@@ -110,3 +110,19 @@ def test_puzzle_scripts_generate_train_evaluate_and_plot(tmp_path, script):
     full = entry["eval"]["full"]
     assert full["count"] == 4 and 0 <= full["exact"] <= full["cell"] <= 1
     assert (tmp_path / "out" / f"{script}.png").stat().st_size > 0
+
+
+def test_puzzle_scripts_pass_the_jacobian_penalty_to_the_attractor_only(tmp_path):
+    import argparse
+
+    from experiments import puzzle_experiment as pe
+
+    ap = argparse.ArgumentParser()
+    pe.add_args(ap, name="maze", steps=8, batch=4, lr=1e-3, train_count=6, mlp_t=True)
+    a = ap.parse_args(["--jacobian-weight", "0.5"])
+    pe.check(ap, a)
+    assert pe.make_run("attractor-maze-tiny", tmp_path, a, ()).model.jacobian_weight == 0.5
+    assert not hasattr(pe.make_run("trm-maze-tiny", tmp_path, a, ()).model, "jacobian_weight")
+    assert pe.make_run("attractor-maze-tiny", tmp_path, ap.parse_args([]), ()).model.jacobian_weight == 0.0
+    with pytest.raises(SystemExit):
+        pe.check(ap, ap.parse_args(["--jacobian-weight", "-1"]))
