@@ -23,6 +23,7 @@ import dataclasses
 import os
 import pathlib
 import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -104,6 +105,7 @@ def _loop(task: Task, step_fn, wd: pathlib.Path, stop_after: int | None, on_log)
     stop, old_handler = install_sigterm()
     progress = Progress(t.steps, "steps", start=start)
     last_t, last_step, summary, step, acc = time.perf_counter(), start, {}, start, None
+    alarmed = False  # the solver alarm is printed once per invocation
 
     def meta(step: int) -> dict:
         return {"step": step, "config": task.run.to_dict(), "time": time.time()}
@@ -126,10 +128,14 @@ def _loop(task: Task, step_fn, wd: pathlib.Path, stop_after: int | None, on_log)
                 if t.eval_every and step % t.eval_every == 0:
                     row.update(task.periodic_eval(state))
                 text = task.progress_text(row)  # before writing, which turns NaN into a string
+                alarm = None if alarmed else solver_alarm({"step": step, **row}, task.run.model)
                 summary = row = writer.write(step, row)
                 if on_log:
                     on_log(row)
                 progress.show(step, text)
+                if alarm:
+                    print(f"\n{alarm}", file=sys.stderr, flush=True)
+                    alarmed = True
             if t.save_every and step % t.save_every == 0:
                 ckpt.save(step, state, train_it, meta(step))
             if stop["signal"] is not None:
@@ -149,6 +155,23 @@ def _loop(task: Task, step_fn, wd: pathlib.Path, stop_after: int | None, on_log)
             signal.signal(signal.SIGTERM, old_handler)
     summary["step"] = step
     return summary
+
+
+def solver_alarm(row: dict, model_config: Any = None) -> str | None:
+    """A warning when fewer than half of the solves in a logged training row converged (``solver_converged`` <
+    0.5), else None. A solver that stops converging during training means the map stopped contracting: the
+    returned state is then not a fixed point, each step pays ``max_iter`` evaluations, and the implicit gradient
+    no longer describes the forward (seen on 10×10 mazes, where the Attractor reasoner went from 100 % to 1 %
+    converged solves). The trainer prints it once per invocation."""
+    conv = row.get("solver_converged")
+    if conv is None or not conv < 0.5:
+        return None
+    remedy = ("a Jacobian penalty (jacobian_weight > 0), a smaller learning rate, or a larger max_iter"
+              if hasattr(model_config, "jacobian_weight") else "a smaller learning rate or a larger max_iter")
+    return (f"warning: at step {row.get('step')} only {conv:.0%} of the solves converged (mean "
+            f"{row.get('solver_iters', float('nan')):.1f} iterations, max {row.get('solver_iters_max', float('nan')):.0f}; "
+            f"mean relative residual {row.get('solver_residual', float('nan')):.1e}): the map is not contracting, "
+            f"so the solved state is not a fixed point. Consider {remedy}.")
 
 
 def read_run(workdir: str | os.PathLike) -> RunConfig:

@@ -172,3 +172,26 @@ def test_cli_train_eval_and_bad_input(corpus, tmp_path, capsys):
         assert cli_main(base + extra) == 2, extra
         assert message in capsys.readouterr().err
         assert not target.exists()
+
+
+def test_a_solver_that_stops_converging_is_reported_once(corpus, tmp_path, capsys):
+    """Three logged steps whose solves cannot meet the tolerance (3 iterations to 1e-12): one warning naming the
+    converged fraction; a converging row gives none."""
+    from attractor_jax import implicit
+    from attractor_jax.train.trainer import solver_alarm
+
+    run = small_run(corpus, steps=3, save_every=0, eval_every=0)
+    run = dataclasses.replace(run, model=dataclasses.replace(
+        run.model, solver=implicit.Anderson(max_iter=3, tol=1e-12)))
+    rows = []
+    train(run, tmp_path, on_log=rows.append)
+    assert [r["solver_converged"] for r in rows] == [0.0, 0.0, 0.0]
+    err = capsys.readouterr().err
+    assert err.count("of the solves converged") == 1 and "at step 1 only 0% of the solves converged" in err
+    assert "mean 3.0 iterations, max 3" in err and "jacobian_weight" not in err  # an LM has no Jacobian penalty
+    assert solver_alarm({"step": 5, "solver_converged": 0.9}) is None
+    assert solver_alarm({"step": 5, "loss": 1.0}) is None  # a model without a solver
+    msg = solver_alarm({"step": 375, "solver_converged": 0.48, "solver_iters": 17.5, "solver_iters_max": 24,
+                        "solver_residual": 0.02}, get_config("attractor-maze-tiny"))
+    assert "at step 375 only 48% of the solves converged (mean 17.5 iterations, max 24" in msg
+    assert "jacobian_weight" in msg  # the reasoners have the penalty
