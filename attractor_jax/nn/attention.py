@@ -102,7 +102,8 @@ def einsum_attention(q_BTNH, k_BSKH, v_BSKH, *, causal: bool, mask: jax.Array | 
     Causal self-attention without a mask skips the key blocks that the causal mask hides: the queries are split
     into up to 4 blocks of at least 64 rows (`causal_query_blocks`), and block i attends to the first (i + 1)/nb of
     the keys only, which saves 1/4 (2 blocks) to 3/8 (4 blocks) of the score work. Same numbers as one product
-    (each row's keys and sums are the same); forward+backward at [8, 256, 4, 64] 21 → 16 ms on 2 cores.
+    (each row's keys and sums are the same). Measured in one process on 2 cores: at [8, 256, 4, 64] forward 7.6 →
+    6.9 ms and forward+backward 27.9 → 20.7 ms; at [8, 128, 4, 32] forward+backward 4.6 → 3.6 ms, forward 1.2 → 1.4.
     """
     b, t, n, h = q_BTNH.shape
     s_len, kv = k_BSKH.shape[1], k_BSKH.shape[2]
