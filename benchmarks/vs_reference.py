@@ -12,13 +12,15 @@ only a forward is timed):
 - ``backbone``: the backbone's forward (embedding and 2 blocks) that proposes c;
 - ``fwd0`` / ``grad0``: loss at max_iter 0 (c decoded directly) and its value-and-gradient; the ratio
   (grad0 - fwd0) / fwd0 is the backward's cost in forwards (theirs: the same decode of c with their modules,
-  ``reference_worker.py``; their forward under ``torch.no_grad``).
+  ``reference_worker.py``; their forward under ``torch.no_grad``);
+- with ``--components``: the first backbone block and its parts (`COMPONENTS`), ``<part>_fwd`` and
+  ``<part>_grad`` (value and gradient with respect to the part's parameters and input), on both sides.
 
 The authors' side runs in a separate interpreter that has torch (``--reference-python``) on a checkout of
 their repository (``--reference-repo``, jacobfa/Attractor), driven round by round through a pipe so that
 machine noise hits both alike; it is never imported here. Without those flags only our side runs.
 
-Usage: python benchmarks/vs_reference.py [--rounds 3] [--reps 5] [--threads 2]
+Usage: python benchmarks/vs_reference.py [--rounds 3] [--reps 5] [--threads 2] [--components]
            [--reference-python /path/venv/bin/python --reference-repo /path/Attractor]
            [--out benchmarks/results/vs_reference.json]
 """
