@@ -15,6 +15,17 @@ import sys
 from vs_reference import time_fns  # stdlib only at import time (this file's folder is on sys.path)
 
 
+def _decode_ce(model, x, labels):
+    """Their decode of an embedding-space state as their forward does after the solve (final norm, tied
+    unembedding, logit scale, softcap) and the cross-entropy."""
+    import torch
+
+    logits = model.lm_head(model.transformer.ln_f(x)).float() * model.config.init.logit_scale
+    if model.config.logit_softcap is not None:
+        logits = model.config.logit_softcap * torch.tanh(logits / model.config.logit_softcap)
+    return torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
+
+
 def _components(model, x, labels, freqs, gen):
     """Their first backbone block's parts, forward (no_grad) and forward+backward (parameters and input)."""
     import torch
@@ -28,16 +39,10 @@ def _components(model, x, labels, freqs, gen):
     r_core = torch.randn((b, t, n, d // n), generator=gen)
     qkv = [torch.randn((b, t, n, d // n), generator=gen) for _ in range(3)]
 
-    def decode_ce(x):
-        logits = model.lm_head(model.transformer.ln_f(x)).float() * model.config.init.logit_scale
-        if model.config.logit_softcap is not None:
-            logits = model.config.logit_softcap * torch.tanh(logits / model.config.logit_softcap)
-        return torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
-
     parts = {"block": lambda x: (blk(x, freqs, None) * r).sum(),
              "attention": lambda x: (blk.attn(x, freqs, None) * r).sum(),
              "mlp": lambda x: (blk.mlp(x) * r).sum(),
-             "decode_ce": decode_ce}
+             "decode_ce": lambda x: _decode_ce(model, x, labels)}
     x0 = x.detach().clone()
     xg = x0.clone().requires_grad_(True)
     fns = {}
@@ -112,11 +117,7 @@ def main():
             model._encode(inputs, freqs, None)
 
     def loss0():
-        c0 = model._encode(inputs, freqs, None)
-        logits = model.lm_head(model.transformer.ln_f(c0)).float() * model.config.init.logit_scale
-        if model.config.logit_softcap is not None:
-            logits = model.config.logit_softcap * torch.tanh(logits / model.config.logit_softcap)
-        return torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
+        return _decode_ce(model, model._encode(inputs, freqs, None), labels)
 
     def fwd0():
         with torch.no_grad():

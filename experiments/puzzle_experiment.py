@@ -15,6 +15,7 @@ learn and to compare them with and without the solver.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import time
@@ -92,11 +93,11 @@ def make_run(preset: str, data: pathlib.Path, a: argparse.Namespace, depths: tup
     from attractor_jax.train.optim import reference_optim_config
     from attractor_jax.train.trainer import DataConfig, RunConfig, TrainConfig
 
-    extra = dict(mlp_t=True, pos_encodings="none") if a.mlp_t else {}
-    if a.jacobian_weight > 0 and preset.startswith("attractor"):
-        extra["jacobian_weight"] = a.jacobian_weight
+    mixer = dict(mlp_t=True, pos_encodings="none") if a.mlp_t else {}
     cfg = get_config(preset, hidden_size=a.hidden, num_heads=max(1, a.hidden // 32), halt_max_steps=a.act_steps,
-                     **extra)
+                     **mixer)
+    if a.jacobian_weight > 0 and hasattr(cfg, "jacobian_weight"):  # the Attractor reasoner's; TRM has none
+        cfg = dataclasses.replace(cfg, jacobian_weight=a.jacobian_weight)
     optim = reference_optim_config(cfg, lr=a.lr, weight_decay=0.1, puzzle_emb_weight_decay=0.1,
                                    warmup_steps=max(1, a.steps // 20), ema_decay=0.99)
     train = TrainConfig(steps=a.steps, batch_size=a.batch_size, seed=a.seed, log_every=max(1, a.steps // 40),
