@@ -45,19 +45,13 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_wor
 COMPONENTS = ("block", "attention", "attn_core", "mlp", "decode_ce")
 
 
-def build_ours(components: bool = False):
-    """Our functions on CONFIG, each a zero-argument callable that runs once and waits for the result;
-    ``components`` adds ``<part>_fwd`` / ``<part>_grad`` for each of `COMPONENTS` (see `main`'s help)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
+def run_config():
+    """Our `RunConfig` for CONFIG: attractor-small-140m resized, exactly ``iters`` Anderson iterations (tol 0),
+    the one-step (Neumann-1) backward, AdamW."""
     from attractor_jax import implicit
-    from attractor_jax.models import build_model, get_config, param_counts
-    from attractor_jax.models.attractor import _head_map
+    from attractor_jax.models import get_config
     from attractor_jax.train.optim import OptimConfig
-    from attractor_jax.train.trainer import RunConfig, TrainConfig, cross_entropy
-    from throughput import build_run  # this folder is on sys.path when run as a script
+    from attractor_jax.train.trainer import RunConfig, TrainConfig
 
     c = CONFIG
     model_cfg = dataclasses.replace(
@@ -66,8 +60,25 @@ def build_ours(components: bool = False):
         n_fp_blocks=c["n_fp_blocks"], max_seq_len=c["seq"],
         solver=implicit.Anderson(m=5, max_iter=c["iters"], min_iter=c["iters"], tol=0.0),
         backward=implicit.Neumann(k=1))
-    run = RunConfig(model=model_cfg, train=TrainConfig(steps=1000, batch_size=c["batch"], seq_len=c["seq"]),
-                    optim=OptimConfig(optimizer="adamw", lr=1e-3, grad_clip=1.0))
+    return RunConfig(model=model_cfg, train=TrainConfig(steps=1000, batch_size=c["batch"], seq_len=c["seq"]),
+                     optim=OptimConfig(optimizer="adamw", lr=1e-3, grad_clip=1.0))
+
+
+def build_ours(components: bool = False):
+    """Our functions on CONFIG, each a zero-argument callable that runs once and waits for the result;
+    ``components`` adds ``<part>_fwd`` / ``<part>_grad`` for each of `COMPONENTS` (see `main`'s help)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from attractor_jax.models import build_model, param_counts
+    from attractor_jax.models.attractor import _head_map
+    from attractor_jax.train.trainer import cross_entropy
+    from throughput import build_run  # this folder is on sys.path when run as a script
+
+    c = CONFIG
+    run = run_config()
+    model_cfg = run.model
     holder = build_run(run, seed=c["seed"])
     batch = holder["data"]
 
