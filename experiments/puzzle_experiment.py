@@ -106,6 +106,23 @@ def make_run(preset: str, data: pathlib.Path, a: argparse.Namespace, depths: tup
     return RunConfig(model=cfg, train=train, optim=optim, data=DataConfig(path=str(data)))
 
 
+def keep_schedule(run, workdir: pathlib.Path):
+    """``run`` for a workdir that may already hold a run of it: a rerun with a larger ``--steps`` continues that
+    run (the trainer resumes; only the step count may change), so the fields derived from ``--steps`` (warmup,
+    log, evaluation and save intervals) keep the values the run started with. The puzzle lr is constant after
+    warmup, so the continued run follows the schedule a longer run would have had."""
+    from attractor_jax.train.rundir import RunDirectory
+    from attractor_jax.train.trainer import read_run
+
+    if not RunDirectory(workdir).has_checkpoint():
+        return run
+    old = read_run(workdir)
+    train = dataclasses.replace(run.train, log_every=old.train.log_every, eval_every=old.train.eval_every,
+                                save_every=old.train.save_every)
+    return dataclasses.replace(run, train=train,
+                               optim=dataclasses.replace(run.optim, warmup_steps=old.optim.warmup_steps))
+
+
 def curve(workdir: pathlib.Path) -> list[dict]:
     keep = ("step", "loss", "accuracy", "exact_accuracy", "steps", "solver_iters", "solver_iters_max",
             "solver_residual", "solver_residual_max", "solver_converged", "rows_per_s", "eval_cell_full",
@@ -123,8 +140,8 @@ def run_models(kind: str, data: pathlib.Path, a: argparse.Namespace, presets: di
     results = {"kind": kind, "env": environment(), "data": str(data), "args": vars(a), "models": {}}
     for label in a.models.split(","):
         depths = (0, 1, 2, 4) if label == "attractor" else ()
-        run = make_run(presets[label], data, a, depths)
         wd = pathlib.Path(a.runs) / label
+        run = keep_schedule(make_run(presets[label], data, a, depths), wd)
         print(f"\n== {label} ({presets[label]}, hidden {a.hidden}, {a.steps} steps × batch {a.batch_size})",
               flush=True)
         t0 = time.perf_counter()

@@ -110,6 +110,15 @@ def test_puzzle_scripts_generate_train_evaluate_and_plot(tmp_path, script):
     full = entry["eval"]["full"]
     assert full["count"] == 4 and 0 <= full["exact"] <= full["cell"] <= 1
     assert (tmp_path / "out" / f"{script}.png").stat().st_size > 0
+    if script == "maze":
+        # a larger --steps continues the finished run; the intervals derived from --steps stay as recorded
+        # (save_every would be 4 from the new --steps, which the run directory refuses)
+        assert mod.main([*args[:args.index("--steps") + 1], "4", *args[args.index("--steps") + 2:]]) == 0
+        res = json.loads((tmp_path / "out" / "results.json").read_text())
+        (entry,) = res["models"].values()
+        assert [r["step"] for r in entry["curve"] if "loss" in r] == [1, 2, 3, 4]
+        recorded = json.loads((tmp_path / "runs" / "trm" / "config.json").read_text())
+        assert recorded["train"]["steps"] == 4 and recorded["train"]["save_every"] == 2
 
 
 def test_puzzle_scripts_pass_the_jacobian_penalty_to_the_attractor_only(tmp_path):
