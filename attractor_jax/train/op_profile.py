@@ -34,6 +34,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -122,9 +123,7 @@ def _tables(hlo_text: str) -> tuple[dict[int, str], dict[int, str], _Pairs, _Pai
         if head in sections:
             current = head
             continue
-        if current is None:
-            continue
-        if not head:
+        if current is None or not head:
             continue
         m = re.match(r"^(\d+) (.*)$", head)
         if not m:  # the section ended
@@ -250,8 +249,6 @@ def profile_ops(run: Callable[[], Any], compiled, steps: int = 5, trace_dir: str
     with gzip.open(found[-1]) as fh:
         trace = json.load(fh)
     if own_dir:
-        import shutil
-
         shutil.rmtree(trace_dir, ignore_errors=True)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     ms, unmatched = _op_durations(events, set(sources), {n for n, s in sources.items() if s.op in _CONTAINERS})
