@@ -33,8 +33,9 @@ def build(preset: str, batch: int, seq: int, target: str):
     from flax import nnx
 
     from attractor_jax.models import build_model, get_config
-    from attractor_jax.train.trainer import RunConfig, TrainConfig, cross_entropy
-    from throughput import build_run
+    from attractor_jax.train.trainer import RunConfig, TrainConfig
+    from throughput import build_run, random_batch
+    from vs_reference import t0_loss
 
     if preset == "vs-reference":
         from vs_reference import CONFIG, run_config
@@ -44,11 +45,11 @@ def build(preset: str, batch: int, seq: int, target: str):
     else:
         run = RunConfig(model=get_config(preset), train=TrainConfig(steps=1000, batch_size=batch, seq_len=seq))
         seed = 0
-    holder = build_run(run, seed=seed)
-    data = holder["data"]
     desc = (f"{preset}: {run.model.name}, batch {run.train.batch_size} x seq {run.train.seq_len}, "
             f"{jax.devices()[0].device_kind} x{jax.device_count()}")
     if target == "train_step":
+        holder = build_run(run, seed=seed)
+        data = holder["data"]
         compiled = compile_for_profile(holder["step"], holder["state"], data)
 
         def run_once():
@@ -56,14 +57,11 @@ def build(preset: str, batch: int, seq: int, target: str):
             return metrics
 
         return run_once, compiled, desc
-    model = build_model(run.model, seed=seed)
-    graphdef, params = nnx.split(model)
-
-    def loss0(p, t, tg):
-        logits, _ = nnx.merge(graphdef, p)(t, max_iter=0)
-        return cross_entropy(logits, tg)
-
-    compiled = compile_for_profile(jax.jit(jax.value_and_grad(loss0)), params, data["inputs"], data["targets"])
+    # the solver-free value and gradient only: no train step is built
+    data = jax.device_put(random_batch(run.model.vocab_size, run.train.batch_size, run.train.seq_len, seed))
+    graphdef, params = nnx.split(build_model(run.model, seed=seed))
+    compiled = compile_for_profile(jax.jit(jax.value_and_grad(t0_loss(graphdef))), params, data["inputs"],
+                                   data["targets"])
     return (lambda: compiled(params, data["inputs"], data["targets"])), compiled, desc
 
 

@@ -36,6 +36,12 @@ def build(preset: str, batch: int, seq: int, dtype: str | None, steps: int):
     return build_run(run)
 
 
+def random_batch(vocab_size: int, batch: int, seq: int, seed: int) -> dict:
+    """``{"inputs", "targets"}``: ``batch`` rows of ``seq`` uniform random tokens and their next tokens."""
+    toks = np.random.default_rng(seed).integers(0, vocab_size, size=(batch, seq + 1), dtype=np.int32)
+    return {"inputs": toks[:, :-1], "targets": toks[:, 1:]}
+
+
 def build_run(run: RunConfig, seed: int = 0) -> dict:
     """``run``'s jitted, donated train step with a fresh sharded state and one batch of random tokens, compiled
     by a first step (its time is ``compile_s``)."""
@@ -46,9 +52,7 @@ def build_run(run: RunConfig, seed: int = 0) -> dict:
     step = jax.jit(train_step, in_shardings=(s.state_shardings, bsh), out_shardings=(s.state_shardings, None),
                    donate_argnums=(0,))
     state = jax.jit(s.init, out_shardings=s.state_shardings)()
-    rng = np.random.default_rng(seed)
-    toks = rng.integers(0, s.model_config.vocab_size, size=(batch, seq + 1), dtype=np.int32)
-    data = jax.device_put({"inputs": toks[:, :-1], "targets": toks[:, 1:]}, bsh)
+    data = jax.device_put(random_batch(s.model_config.vocab_size, batch, seq, seed), bsh)
     t0 = time.perf_counter()
     state, metrics = step(state, data)
     jax.block_until_ready(metrics)

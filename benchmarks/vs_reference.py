@@ -64,6 +64,20 @@ def run_config():
                      optim=OptimConfig(optimizer="adamw", lr=1e-3, grad_clip=1.0))
 
 
+def t0_loss(graphdef):
+    """The solver-free loss ``(params, inputs, targets) -> cross-entropy`` of the model ``graphdef`` describes:
+    its forward at max_iter 0 (the Attractor decodes c; a GPT ignores max_iter)."""
+    from flax import nnx
+
+    from attractor_jax.train.trainer import cross_entropy
+
+    def loss0(p, t, tg):
+        logits, _ = nnx.merge(graphdef, p)(t, max_iter=0)
+        return cross_entropy(logits, tg)
+
+    return loss0
+
+
 def build_ours(components: bool = False):
     """Our functions on CONFIG, each a zero-argument callable that runs once and waits for the result;
     ``components`` adds ``<part>_fwd`` / ``<part>_grad`` for each of `COMPONENTS` (see `main`'s help)."""
@@ -73,7 +87,6 @@ def build_ours(components: bool = False):
 
     from attractor_jax.models import build_model, param_counts
     from attractor_jax.models.attractor import _head_map
-    from attractor_jax.train.trainer import cross_entropy
     from throughput import build_run  # this folder is on sys.path when run as a script
 
     c = CONFIG
@@ -94,10 +107,7 @@ def build_ours(components: bool = False):
     y = cvec + 0.01 * jax.random.normal(jax.random.key(1), cvec.shape)
     head = jax.jit(lambda y, cc, hs: _head_map(head_def, y, cc, hs, None))
 
-    def loss0(p, t, tg):
-        logits, _ = nnx.merge(graphdef, p)(t, max_iter=0)
-        return cross_entropy(logits, tg)
-
+    loss0 = t0_loss(graphdef)
     fwd0 = jax.jit(loss0)
     grad0 = jax.jit(jax.value_and_grad(loss0))
     iters = float(jax.device_get(holder["metrics"]).get("solver_iters", float("nan")))
