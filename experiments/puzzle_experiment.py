@@ -34,6 +34,9 @@ def add_args(ap: argparse.ArgumentParser, *, name: str, steps: int, batch: int, 
     ap.add_argument("--steps", type=int, default=steps, help=f"supervision steps per model (default {steps})")
     ap.add_argument("--batch-size", type=int, default=batch, help=f"global batch (default {batch})")
     ap.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default {lr})")
+    ap.add_argument("--min-lr-ratio", type=float, default=1.0,
+                    help="cosine decay of the lr after warmup down to this fraction of the peak at --steps "
+                         "(default 1: constant, TRM's schedule)")
     ap.add_argument("--hidden", type=int, default=64, help="hidden size of both models (default 64)")
     ap.add_argument("--act-steps", type=int, default=4, help="halt_max_steps of both models (default 4)")
     ap.add_argument("--mlp-t", action=argparse.BooleanOptionalAction, default=mlp_t,
@@ -54,6 +57,8 @@ def check(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             ap.error(f"--{k.replace('_', '-')}={getattr(a, k)} must be >= 1")
     if not a.lr > 0:
         ap.error(f"--lr={a.lr} must be > 0")
+    if not 0.0 <= a.min_lr_ratio <= 1.0:
+        ap.error(f"--min-lr-ratio={a.min_lr_ratio} must be in [0, 1]")
     if not a.jacobian_weight >= 0:
         ap.error(f"--jacobian-weight={a.jacobian_weight} must be >= 0")
     bad = set(a.models.split(",")) - {"trm", "attractor"}
@@ -99,7 +104,8 @@ def make_run(preset: str, data: pathlib.Path, a: argparse.Namespace, depths: tup
     if a.jacobian_weight > 0 and hasattr(cfg, "jacobian_weight"):  # the Attractor reasoner's; TRM has none
         cfg = dataclasses.replace(cfg, jacobian_weight=a.jacobian_weight)
     optim = reference_optim_config(cfg, lr=a.lr, weight_decay=0.1, puzzle_emb_weight_decay=0.1,
-                                   warmup_steps=max(1, a.steps // 20), ema_decay=0.99)
+                                   warmup_steps=max(1, a.steps // 20), ema_decay=0.99,
+                                   min_lr_ratio=a.min_lr_ratio)
     train = TrainConfig(steps=a.steps, batch_size=a.batch_size, seed=a.seed, log_every=max(1, a.steps // 40),
                         eval_every=max(1, a.steps // 4), eval_batches=2, eval_depths=depths,
                         save_every=a.steps, keep=1, tensorboard=False)
@@ -110,13 +116,22 @@ def keep_schedule(run, workdir: pathlib.Path):
     """``run`` for a workdir that may already hold a run of it: a rerun with a larger ``--steps`` continues that
     run (the trainer resumes; only the step count may change), so the fields derived from ``--steps`` (warmup,
     log, evaluation and save intervals) keep the values the run started with. The puzzle lr is constant after
-    warmup, so the continued run follows the schedule a longer run would have had."""
+    warmup, so the continued run follows the schedule a longer run would have had. A decaying lr
+    (``--min-lr-ratio`` < 1) is tied to its step count: such a run continues only to the steps it was started
+    with."""
     from attractor_jax.train.rundir import RunDirectory
     from attractor_jax.train.trainer import read_run
 
     if not RunDirectory(workdir).has_checkpoint():
         return run
     old = read_run(workdir)
+    if old.optim.min_lr_ratio != run.optim.min_lr_ratio:
+        raise SystemExit(f"{workdir}: the run was started with --min-lr-ratio {old.optim.min_lr_ratio}, "
+                         f"not {run.optim.min_lr_ratio}; use that value or another --runs folder")
+    if old.optim.min_lr_ratio < 1.0 and old.train.steps != run.train.steps:
+        raise SystemExit(f"{workdir}: the run decays its lr over {old.train.steps} steps (--min-lr-ratio "
+                         f"{old.optim.min_lr_ratio}); --steps {run.train.steps} would change its schedule. Use "
+                         f"--steps {old.train.steps} or another --runs folder")
     train = dataclasses.replace(run.train, log_every=old.train.log_every, eval_every=old.train.eval_every,
                                 save_every=old.train.save_every)
     return dataclasses.replace(run, train=train,

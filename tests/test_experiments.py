@@ -119,6 +119,9 @@ def test_puzzle_scripts_generate_train_evaluate_and_plot(tmp_path, script):
         assert [r["step"] for r in entry["curve"] if "loss" in r] == [1, 2, 3, 4]
         recorded = json.loads((tmp_path / "runs" / "trm" / "config.json").read_text())
         assert recorded["train"]["steps"] == 4 and recorded["train"]["save_every"] == 2
+        # the run's lr is constant: it cannot be continued as a decaying one
+        with pytest.raises(SystemExit, match="started with --min-lr-ratio 1.0, not 0.5"):
+            mod.main([*args, "--min-lr-ratio", "0.5"])
 
 
 def test_puzzle_scripts_pass_the_jacobian_penalty_to_the_attractor_only(tmp_path):
@@ -135,3 +138,34 @@ def test_puzzle_scripts_pass_the_jacobian_penalty_to_the_attractor_only(tmp_path
     assert pe.make_run("attractor-maze-tiny", tmp_path, ap.parse_args([]), ()).model.jacobian_weight == 0.0
     with pytest.raises(SystemExit):
         pe.check(ap, ap.parse_args(["--jacobian-weight", "-1"]))
+
+
+def test_puzzle_scripts_decay_the_lr_to_the_floor_and_keep_a_decaying_run_to_its_steps(tmp_path, monkeypatch):
+    import argparse
+    import math
+
+    from attractor_jax.train import rundir, trainer
+    from attractor_jax.train.optim import make_schedule
+    from experiments import puzzle_experiment as pe
+
+    ap = argparse.ArgumentParser()
+    pe.add_args(ap, name="maze", steps=100, batch=4, lr=1e-3, train_count=6, mlp_t=True)
+    a = ap.parse_args(["--min-lr-ratio", "0.1"])
+    pe.check(ap, a)
+    run = pe.make_run("trm-maze-tiny", tmp_path, a, ())
+    m = make_schedule(run.optim, run.train.steps)
+    # warmup 5 steps (steps // 20), then 0.1 + 0.9 * (1 + cos(pi s)) / 2 with s = (t - 5) / 95, by hand
+    for t in (4, 5, 52, 99, 100):
+        s = min(max((t - 5) / 95, 0.0), 1.0)
+        want = 1.0 if t < 5 else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s))
+        assert float(m(t)) == pytest.approx(want, rel=1e-5), t
+    for bad in ("-0.1", "1.5"):
+        with pytest.raises(SystemExit):
+            pe.check(ap, ap.parse_args(["--min-lr-ratio", bad]))
+    # a decaying run continues only to the steps it started with (its schedule is tied to them)
+    monkeypatch.setattr(rundir.RunDirectory, "has_checkpoint", lambda self: True)
+    monkeypatch.setattr(trainer, "read_run", lambda wd: run)
+    assert pe.keep_schedule(run, tmp_path).train.steps == 100
+    longer = pe.make_run("trm-maze-tiny", tmp_path, ap.parse_args(["--min-lr-ratio", "0.1", "--steps", "200"]), ())
+    with pytest.raises(SystemExit, match="decays its lr over 100 steps"):
+        pe.keep_schedule(longer, tmp_path)
